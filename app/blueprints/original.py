@@ -1,0 +1,55 @@
+"""The blog post's two routes, kept for existing clients: `/` and `/db`."""
+
+from __future__ import annotations
+
+from pydantic import TypeAdapter
+from quart import Blueprint, Response
+from quart_schema import document_response, tag
+
+from app.lifecycle import get_database, get_settings, get_upstream
+from app.models import Problem, UpstreamBodies, UpstreamProblem, User
+from app.problems import ApiError
+from app.queries.users import select_users
+from app.responses import json_response
+from app.upstream import UpstreamError
+
+DB_ROUTE_LIMIT = 1000
+
+blueprint = Blueprint("original", __name__)
+
+upstream_bodies = TypeAdapter(UpstreamBodies)
+users_list = TypeAdapter(list[User])
+
+
+@blueprint.get("/")
+@tag(["original"])
+@document_response(UpstreamBodies, 200)
+@document_response(UpstreamProblem, 502)
+@document_response(UpstreamProblem, 504)
+async def index() -> Response:
+    """Every URL in UPSTREAM_URLS, fetched at once; their JSON bodies in order.
+
+    If any call fails the answer is 502 (504 when one timed out), listing each failure.
+    """
+    urls = [str(url) for url in get_settings().upstream_urls]
+    results = await get_upstream().get_all(urls)
+    failures = [result for result in results if isinstance(result, UpstreamError)]
+    if failures:
+        timed_out = any(failure.code == "timeout" for failure in failures)
+        raise ApiError(
+            504 if timed_out else 502,
+            f"{len(failures)} of {len(urls)} upstream calls failed",
+            errors=[{"url": f.url, "code": f.code, "detail": f.detail} for f in failures],
+        )
+    return json_response(upstream_bodies, results)
+
+
+@blueprint.get("/db")
+@tag(["original"])
+@document_response(list[User], 200)
+@document_response(Problem, 503)
+async def users() -> Response:
+    """The users, ordered by id, at most 1,000."""
+    async with get_database().connection() as connection:
+        rows = await select_users(connection, limit=DB_ROUTE_LIMIT)
+    return json_response(users_list, users_list.validate_python(rows))

@@ -1,0 +1,125 @@
+"""The one asyncmy connection pool, opened when the database first answers.
+
+`Database.start()` never waits for the database: when it is down at start-up the
+service still serves, routes that need it answer 503 at once, and a background task
+keeps trying; when the database answers, pending migrations are applied and only then
+is the pool handed to the routes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import unquote
+
+import asyncmy
+from pydantic import MySQLDsn
+
+from app.problems import ApiError
+
+# Every connection speaks UTC, so CURRENT_TIMESTAMP(6) columns hold UTC.
+INIT_COMMAND = "SET time_zone = '+00:00'"
+CONNECT_TIMEOUT = 3
+RETRY_DELAYS = (0.5, 1.0, 2.0, 5.0)
+
+log = logging.getLogger(__name__)
+
+
+def connect_kwargs(url: MySQLDsn) -> dict[str, Any]:
+    """asyncmy's connect() arguments for a `mysql://user:password@host:port/database` URL."""
+    return {
+        "host": url.host or "127.0.0.1",
+        "port": url.port or 3306,
+        "user": unquote(url.username or ""),
+        "password": unquote(url.password or ""),
+        "database": unquote((url.path or "").strip("/")),
+        "charset": "utf8mb4",
+        "init_command": INIT_COMMAND,
+        "connect_timeout": CONNECT_TIMEOUT,
+    }
+
+
+async def connect(url: MySQLDsn, **extra: Any) -> asyncmy.Connection:
+    """A single connection outside the pool (migrations)."""
+    return await asyncmy.connect(autocommit=True, **connect_kwargs(url), **extra)
+
+
+class DatabaseUnavailable(ApiError):
+    def __init__(self) -> None:
+        super().__init__(503, "The database is not answering; try again shortly.", headers={"Retry-After": "1"})
+
+
+# Errors that mean the server is gone, not that the query is wrong.
+CONNECTION_ERRORS = (asyncmy.errors.OperationalError, asyncmy.errors.InterfaceError, OSError)
+
+
+class Database:
+    def __init__(self, url: MySQLDsn, *, minsize: int, maxsize: int, migrate: bool = True) -> None:
+        self.url = url
+        self.minsize = minsize
+        self.maxsize = maxsize
+        self.migrate = migrate
+        self.pool: asyncmy.Pool | None = None
+        self._opener: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Open the pool now if the database answers, else keep trying in the background."""
+        try:
+            await self._open()
+        except CONNECTION_ERRORS as error:
+            log.warning("database not answering at start-up; will keep trying", extra={"error": str(error)})
+            self._opener = asyncio.create_task(self._keep_trying(), name="database-opener")
+
+    async def _open(self) -> None:
+        if self.migrate:
+            from app.migrate import migrate  # imported here: app.migrate imports this module
+
+            applied = await migrate(self.url)
+            if applied:
+                log.info("migrations applied", extra={"migrations": applied})
+        # autocommit=True: with it off every read leaves a transaction open, and the pool
+        # closes a connection released inside a transaction, so each query would open a
+        # new one. Writes that span statements use explicit transactions instead.
+        self.pool = await asyncmy.create_pool(
+            minsize=self.minsize,
+            maxsize=self.maxsize,
+            pool_recycle=3600,
+            autocommit=True,
+            **connect_kwargs(self.url),
+        )
+
+    async def _keep_trying(self) -> None:
+        attempt = 0
+        while self.pool is None:
+            await asyncio.sleep(RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)])
+            attempt += 1
+            try:
+                await self._open()
+            except CONNECTION_ERRORS:
+                continue
+            log.info("database answering; pool open")
+
+    async def close(self) -> None:
+        if self._opener is not None:
+            self._opener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._opener
+        if self.pool is not None:
+            self.pool.close()
+            await self.pool.wait_closed()
+            self.pool = None
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[asyncmy.Connection]:
+        """A pooled connection; the database being unreachable becomes a 503."""
+        if self.pool is None:
+            raise DatabaseUnavailable()
+        try:
+            async with self.pool.acquire() as connection:
+                yield connection
+        except CONNECTION_ERRORS as error:
+            log.warning("database connection failed", extra={"error": str(error)})
+            raise DatabaseUnavailable() from None

@@ -1,0 +1,97 @@
+"""One error type, `ApiError`, and the one place that turns every error into problem+json.
+
+RFC 9457: every 4xx/5xx answer is `application/problem+json` with `type`, `title`,
+`status` and `detail`, plus members of its own (`errors`). No answer carries a
+traceback: unexpected exceptions are logged with theirs and answered with a plain 500.
+"""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+from pydantic_core import to_json
+from quart import Quart, Response
+from werkzeug.exceptions import HTTPException
+
+PROBLEM_JSON = "application/problem+json"
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    """An answer other than success, raised anywhere below a route."""
+
+    def __init__(
+        self,
+        status: int,
+        detail: str,
+        *,
+        title: str | None = None,
+        type_: str = "about:blank",
+        headers: dict[str, str] | None = None,
+        **extensions: Any,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.title = title or HTTPStatus(status).phrase
+        self.type = type_
+        self.headers = headers or {}
+        self.extensions = extensions
+
+
+def problem_response(
+    status: int,
+    detail: str,
+    *,
+    title: str | None = None,
+    type_: str = "about:blank",
+    headers: dict[str, str] | None = None,
+    **extensions: Any,
+) -> Response:
+    body = {
+        "type": type_,
+        "title": title or HTTPStatus(status).phrase,
+        "status": status,
+        "detail": detail,
+        **extensions,
+    }
+    response = Response(to_json(body), status=status, content_type=PROBLEM_JSON)
+    response.headers.update(headers or {})
+    return response
+
+
+def register_error_handlers(app: Quart) -> None:
+    @app.errorhandler(ApiError)
+    async def api_error(error: ApiError) -> Response:
+        return problem_response(
+            error.status,
+            error.detail,
+            title=error.title,
+            type_=error.type,
+            headers=error.headers,
+            **error.extensions,
+        )
+
+    @app.errorhandler(HTTPException)
+    async def http_exception(error: HTTPException) -> Response:
+        # Routing (404, 405 with its Allow header), 413 and the like, raised by Quart itself.
+        status = error.code or 500
+        headers = {
+            name: value
+            for name, value in error.get_headers()
+            if name.lower() not in {"content-type", "content-length"}
+        }
+        return problem_response(
+            status,
+            error.description or HTTPStatus(status).description,
+            title=error.name,
+            headers=headers,
+        )
+
+    @app.errorhandler(Exception)
+    async def unexpected(error: Exception) -> Response:
+        log.exception("unhandled exception", exc_info=error)
+        return problem_response(500, "The server met an unexpected error; it has been logged.")

@@ -1,0 +1,1 @@
+"""The SQL, in plain sight: one module per table, `async def verb_noun(connection, ...)`."""

@@ -1,0 +1,106 @@
+"""Every setting of the service, read from the environment and `.env`, in one class.
+
+A bad value refuses to build `Settings`; `app.__main__` turns that into one line naming
+the variable, so the service never starts half-configured.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import (
+    Field,
+    HttpUrl,
+    MySQLDsn,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+RATE_LIMIT = re.compile(r"^\s*(\d+)\s*/\s*(second|minute|hour|day)\s*$")
+
+
+def _split_commas(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        frozen=True,
+    )
+
+    # None only before `make run`/the tests have started the private MariaDB; the app
+    # refuses to start without a database URL (see `app.__main__`).
+    database_url: MySQLDsn | None = None
+    db_pool_min: int = Field(default=1, ge=0, le=1000)
+    db_pool_max: int = Field(default=10, ge=1, le=1000)
+
+    upstream_base_url: HttpUrl = HttpUrl("https://jsonplaceholder.typicode.com")
+    # Empty means "posts 1 and 2 of upstream_base_url", resolved below.
+    upstream_urls: Annotated[list[HttpUrl], NoDecode] = Field(default_factory=list)
+    upstream_timeout: float = Field(default=5.0, gt=0, le=300)
+    upstream_max_concurrency: int = Field(default=50, ge=1, le=10_000)
+
+    api_token: SecretStr | None = None
+
+    host: str = Field(default="127.0.0.1", min_length=1)
+    port: int = Field(default=8000, ge=0, le=65535)
+    workers: int = Field(default=1, ge=1, le=64)
+    max_body_bytes: int = Field(default=65536, ge=1)
+    shutdown_grace: float = Field(default=10.0, ge=0, le=3600)
+    write_rate_limit: str = "600/minute"
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+
+    @field_validator("upstream_urls", "cors_origins", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        return _split_commas(value)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_case(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("write_rate_limit")
+    @classmethod
+    def _rate_limit_form(cls, value: str) -> str:
+        if not RATE_LIMIT.match(value):
+            raise ValueError("expected COUNT/UNIT, UNIT one of second, minute, hour, day")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_named(cls, value: MySQLDsn | None) -> MySQLDsn | None:
+        if value is not None and not (value.path or "").strip("/"):
+            raise ValueError("the URL must name a database: mysql://user:password@host/NAME")
+        return value
+
+    @model_validator(mode="after")
+    def _resolve(self) -> Settings:
+        if self.db_pool_min > self.db_pool_max:
+            raise ValueError("DB_POOL_MIN must not be larger than DB_POOL_MAX")
+        if not self.upstream_urls:
+            base = str(self.upstream_base_url).rstrip("/")
+            # frozen model: set through object.__setattr__ once, during validation
+            object.__setattr__(
+                self, "upstream_urls", [HttpUrl(f"{base}/posts/1"), HttpUrl(f"{base}/posts/2")]
+            )
+        return self
+
+
+def describe_error(error: ValidationError) -> str:
+    """One line naming each bad variable, without echoing its value (it may be a secret)."""
+    problems = []
+    for item in error.errors():
+        name = str(item["loc"][0]).upper() if item["loc"] else "configuration"
+        problems.append(f"{name}: {item['msg']}")
+    return "invalid configuration: " + "; ".join(problems)
