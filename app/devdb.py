@@ -47,6 +47,8 @@ class PrivateMariaDB:
     port: int = 3307
     database: str = "app"
     user: str = "app"
+    # The test suite's own instance lets its user create databases (migration tests).
+    grant_all: bool = False
 
     @property
     def datadir(self) -> Path:
@@ -110,9 +112,12 @@ class PrivateMariaDB:
         init_file.write_text(self._init_sql())
         init_file.chmod(0o600)
         with self.log_file.open("ab") as log:
-            # A new session: Ctrl-C on `make run` must not reach the database.
-            subprocess.Popen(  # noqa: S603
+            # setsid --fork: a new session, not our child, so Ctrl-C on `make run` does not
+            # reach the database and it outlives the command that started it.
+            subprocess.run(  # noqa: S603
                 [
+                    "setsid",
+                    "--fork",
                     mariadbd,
                     "--no-defaults",
                     f"--datadir={self.datadir}",
@@ -133,7 +138,7 @@ class PrivateMariaDB:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
-                start_new_session=True,
+                check=True,
             )
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
@@ -163,7 +168,7 @@ class PrivateMariaDB:
             f"CREATE DATABASE IF NOT EXISTS `{self.database}`;\n"
             f"CREATE USER IF NOT EXISTS {account} IDENTIFIED BY '{secret}';\n"
             f"ALTER USER {account} IDENTIFIED BY '{secret}';\n"
-            f"GRANT ALL PRIVILEGES ON `{self.database}`.* TO {account};\n"
+            f"GRANT ALL PRIVILEGES ON {'*' if self.grant_all else f'`{self.database}`'}.* TO {account};\n"
         )
 
     def _answers(self) -> bool:

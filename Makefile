@@ -1,0 +1,86 @@
+# Two commands matter: `make run` and `make test`. Each sets up what it needs first.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+UV_VERSION := 0.13.8
+DEV_DB_DIR := .run/mariadb
+export DEV_DB_PORT ?= 3307
+
+.PHONY: help run test migrate lint format bench db-start db-stop lock clean
+
+help:
+	@echo "make run      serve the app on http://$${HOST:-127.0.0.1}:$${PORT:-8000} (docs at /docs)"
+	@echo "make test     run the whole test suite against a real MariaDB"
+	@echo "make migrate  apply pending migrations    make lint   ruff + mypy"
+	@echo "make db-stop  stop the private MariaDB    make lock   re-pin requirements.lock"
+
+$(INSTALLED): requirements.lock
+	@test -x $(VENV)/bin/pip || $(PYTHON) -m venv --clear $(VENV)
+	$(VENV)/bin/pip install --quiet --require-hashes --no-deps -r requirements.lock
+	@touch $@
+
+# mariadbd from Debian's mariadb-server: installed with apt-get when missing and possible.
+define need_mariadbd
+	if ! command -v mariadbd >/dev/null && ! test -x /usr/sbin/mariadbd; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing mariadb-server with apt-get" >&2; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mariadb-server) >/dev/null \
+	      || { echo "apt-get could not install mariadb-server; install it or set DATABASE_URL" >&2; exit 1; }; \
+	  else \
+	    echo "mariadbd not found: install Debian's mariadb-server (sudo apt-get install mariadb-server) or set DATABASE_URL" >&2; \
+	    exit 1; \
+	  fi; \
+	fi
+endef
+
+# DATABASE_URL as given, else the private MariaDB's (started when not running).
+define database_url
+	if [ -z "$${DATABASE_URL:-}" ]; then \
+	  $(need_mariadbd); \
+	  DATABASE_URL=$$($(PY) -m app.devdb start --dir $(DEV_DB_DIR)) || exit 1; \
+	  export DATABASE_URL; \
+	fi
+endef
+
+run: $(INSTALLED)
+	@$(database_url); \
+	echo "serving on http://$${HOST:-127.0.0.1}:$${PORT:-8000}/  docs: http://$${HOST:-127.0.0.1}:$${PORT:-8000}/docs  (Ctrl-C stops)"; \
+	exec $(PY) -m app
+
+test: $(INSTALLED)
+	@$(need_mariadbd)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+migrate: $(INSTALLED)
+	@$(database_url); exec $(PY) -m app.migrate
+
+db-start: $(INSTALLED)
+	@$(database_url); echo "private MariaDB running (data in $(DEV_DB_DIR))"
+
+db-stop: $(INSTALLED)
+	$(PY) -m app.devdb stop --dir $(DEV_DB_DIR)
+
+lint: $(INSTALLED)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+format: $(INSTALLED)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+bench:
+	@echo "make bench: not built yet (issue 5); no figures are reported until it is." >&2; exit 2
+
+# Re-pin every dependency (with hashes) after editing pyproject.toml.
+lock:
+	@test -x .run/uv/bin/uv || { $(PYTHON) -m venv .run/uv && .run/uv/bin/pip install --quiet uv==$(UV_VERSION); }
+	.run/uv/bin/uv pip compile pyproject.toml --group dev --generate-hashes --python-version 3.11 \
+	  --no-header --quiet -o requirements.lock
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

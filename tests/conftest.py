@@ -1,0 +1,107 @@
+"""Fixtures: one real MariaDB for the whole session, a fresh app per test.
+
+The suite never touches the database `make run` serves: it starts its own private
+MariaDB in a temporary directory on a free port (or uses TEST_DATABASE_URL).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncmy
+import httpx
+import pytest
+from pydantic import MySQLDsn, TypeAdapter
+from quart.testing import QuartClient
+from quart.typing import TestAppProtocol
+
+from app import create_app
+from app.db import connect
+from app.devdb import PrivateMariaDB
+from app.migrate import migrate
+from app.settings import Settings
+
+UPSTREAM = "http://upstream.test"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="session")
+def mariadb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateMariaDB | None]:
+    if os.environ.get("TEST_DATABASE_URL"):
+        yield None
+        return
+    instance = PrivateMariaDB(
+        tmp_path_factory.mktemp("mariadb"), port=free_port(), database="app_test", grant_all=True
+    )
+    instance.start()
+    yield instance
+    instance.stop()
+
+
+@pytest.fixture(scope="session")
+def database_url(mariadb: PrivateMariaDB | None) -> str:
+    return mariadb.url if mariadb is not None else os.environ["TEST_DATABASE_URL"]
+
+
+@pytest.fixture(scope="session")
+async def migrated(database_url: str) -> str:
+    await migrate(TypeAdapter(MySQLDsn).validate_python(database_url))
+    return database_url
+
+
+def make_settings(database_url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "database_url": database_url,
+        "upstream_base_url": UPSTREAM,
+        "upstream_timeout": 1.0,
+        "upstream_max_concurrency": 50,
+        "api_token": None,
+        "cors_origins": "",
+        "log_level": "info",
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+@pytest.fixture
+def settings(migrated: str) -> Settings:
+    return make_settings(migrated)
+
+
+@pytest.fixture
+async def db(migrated: str) -> AsyncIterator[asyncmy.Connection]:
+    """A connection to the test database, with the users table emptied first."""
+    connection = await connect(TypeAdapter(MySQLDsn).validate_python(migrated))
+    async with connection.cursor() as cursor:
+        await cursor.execute("DELETE FROM users")
+    yield connection
+    await connection.ensure_closed()
+
+
+@pytest.fixture
+async def test_app(settings: Settings) -> AsyncIterator[TestAppProtocol]:
+    # httpx's own transport, so respx can stand in for the upstream
+    app = create_app(settings, upstream_transport=httpx.AsyncHTTPTransport())
+    async with app.test_app() as running:
+        yield running
+
+
+@pytest.fixture
+def client(test_app: TestAppProtocol) -> QuartClient:
+    client: QuartClient = test_app.test_client()  # type: ignore[assignment]
+    return client
+
+
+@pytest.fixture
+def repo_root() -> Path:
+    return Path(__file__).resolve().parent.parent

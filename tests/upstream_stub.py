@@ -1,0 +1,115 @@
+"""A real upstream on loopback for end-to-end tests (and the benchmarks).
+
+    python -m tests.upstream_stub --port 8901 [--delay 0.05]
+
+Paths, chosen by the tests through UPSTREAM_URLS / UPSTREAM_BASE_URL:
+  /posts/{id}            a Post; ids 1-100 exist, any other id is 404
+  /slow/{seconds}/{id}   a Post after that many seconds
+  /status/{code}         an empty answer with that status
+  /garbage               200 with a body that is not JSON
+  /close                 closes the connection without answering
+  /reset                 resets the connection (RST) without answering
+  /_stats                {"calls", "in_flight", "max_in_flight"} since the last /_reset
+  /_reset                zero the counters
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import socket
+import struct
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class Counters:
+    def __init__(self) -> None:
+        self.calls = 0
+        self.in_flight = 0
+        self.max_in_flight = 0
+
+
+def post(post_id: int) -> dict[str, object]:
+    return {"userId": (post_id - 1) // 10 + 1, "id": post_id, "title": f"post {post_id}", "body": "stub"}
+
+
+def build_app(delay: float = 0.0) -> web.Application:
+    counters = Counters()
+
+    @web.middleware
+    async def count(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path.startswith("/_"):
+            return await handler(request)
+        counters.calls += 1
+        counters.in_flight += 1
+        counters.max_in_flight = max(counters.max_in_flight, counters.in_flight)
+        try:
+            if delay:
+                await asyncio.sleep(delay)
+            return await handler(request)
+        finally:
+            counters.in_flight -= 1
+
+    async def get_post(request: web.Request) -> web.StreamResponse:
+        post_id = int(request.match_info["id"])
+        if not 1 <= post_id <= 100:
+            return web.json_response({}, status=404)
+        return web.json_response(post(post_id))
+
+    async def slow(request: web.Request) -> web.StreamResponse:
+        await asyncio.sleep(float(request.match_info["seconds"]))
+        return web.json_response(post(int(request.match_info["id"])))
+
+    async def status(request: web.Request) -> web.StreamResponse:
+        return web.Response(status=int(request.match_info["code"]))
+
+    async def garbage(request: web.Request) -> web.StreamResponse:
+        return web.Response(text="<html>not json</html>", content_type="application/json")
+
+    async def close(request: web.Request) -> web.StreamResponse:
+        assert request.transport is not None
+        request.transport.close()
+        raise asyncio.CancelledError  # nothing more to send
+
+    async def reset(request: web.Request) -> web.StreamResponse:
+        assert request.transport is not None
+        sock = request.transport.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        request.transport.abort()
+        raise asyncio.CancelledError
+
+    async def stats(request: web.Request) -> web.StreamResponse:
+        return web.json_response(
+            {"calls": counters.calls, "in_flight": counters.in_flight, "max_in_flight": counters.max_in_flight}
+        )
+
+    async def reset_counters(request: web.Request) -> web.StreamResponse:
+        counters.calls = counters.max_in_flight = 0
+        return web.json_response({})
+
+    app = web.Application(middlewares=[count])
+    app.router.add_get("/posts/{id:-?\\d+}", get_post)
+    app.router.add_get("/slow/{seconds}/{id:\\d+}", slow)
+    app.router.add_get("/status/{code:\\d{3}}", status)
+    app.router.add_get("/garbage", garbage)
+    app.router.add_get("/close", close)
+    app.router.add_get("/reset", reset)
+    app.router.add_get("/_stats", stats)
+    app.router.add_get("/_reset", reset_counters)
+    return app
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="upstream stub on loopback")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--delay", type=float, default=0.0, help="seconds added to every call")
+    args = parser.parse_args()
+    web.run_app(build_app(args.delay), host="127.0.0.1", port=args.port, print=None, access_log=None, backlog=2048)
+
+
+if __name__ == "__main__":
+    main()
