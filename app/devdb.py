@@ -49,6 +49,8 @@ class PrivateMariaDB:
     user: str = "app"
     # The test suite's own instance lets its user create databases (migration tests).
     grant_all: bool = False
+    # The tests run the server off UTC to prove the app stores and answers UTC anyway.
+    default_time_zone: str | None = None
 
     @property
     def datadir(self) -> Path:
@@ -134,6 +136,7 @@ class PrivateMariaDB:
                     "--innodb-flush-log-at-trx-commit=2",
                     "--character-set-server=utf8mb4",
                     "--collation-server=utf8mb4_unicode_ci",
+                    *([f"--default-time-zone={self.default_time_zone}"] if self.default_time_zone else []),
                 ],
                 stdin=subprocess.DEVNULL,
                 stdout=log,

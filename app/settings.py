@@ -39,7 +39,7 @@ class Settings(BaseSettings):
 
     # None only before `make run`/the tests have started the private MariaDB; the app
     # refuses to start without a database URL (see `app.__main__`).
-    database_url: MySQLDsn | None = None
+    database_url: MySQLDsn | None = Field(default=None, repr=False)  # holds the password
     db_pool_min: int = Field(default=1, ge=0, le=1000)
     db_pool_max: int = Field(default=10, ge=1, le=1000)
 

@@ -16,6 +16,7 @@ import asyncmy
 import httpx
 import pytest
 from pydantic import MySQLDsn, TypeAdapter
+from quart import Quart
 from quart.testing import QuartClient
 from quart.typing import TestAppProtocol
 
@@ -41,7 +42,9 @@ def mariadb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateMariaDB
         yield None
         return
     instance = PrivateMariaDB(
-        tmp_path_factory.mktemp("mariadb"), port=free_port(), database="app_test", grant_all=True
+        tmp_path_factory.mktemp("mariadb"), port=free_port(), database="app_test",
+        grant_all=True,
+        default_time_zone="+05:30",
     )
     instance.start()
     yield instance
@@ -89,9 +92,14 @@ async def db(migrated: str) -> AsyncIterator[asyncmy.Connection]:
 
 
 @pytest.fixture
-async def test_app(settings: Settings) -> AsyncIterator[TestAppProtocol]:
+def app(settings: Settings) -> Quart:
     # httpx's own transport, so respx can stand in for the upstream
-    app = create_app(settings, upstream_transport=httpx.AsyncHTTPTransport())
+    return create_app(settings, upstream_transport=httpx.AsyncHTTPTransport())
+
+
+@pytest.fixture
+async def test_app(app: Quart) -> AsyncIterator[TestAppProtocol]:
+    """The app with its before_serving hooks run (test_client() alone skips them)."""
     async with app.test_app() as running:
         yield running
 
