@@ -18,7 +18,9 @@ from app.problems import register_error_handlers
 from app.settings import Settings
 
 
-def create_app(settings: Settings | None = None, *, upstream_transport: httpx.AsyncBaseTransport | None = None) -> Quart:
+def create_app(
+    settings: Settings | None = None, *, upstream_transport: httpx.AsyncBaseTransport | None = None
+) -> Quart:
     settings = settings if settings is not None else Settings()
     if settings.database_url is None:
         raise ValueError("DATABASE_URL is not set")
@@ -36,8 +38,9 @@ def create_app(settings: Settings | None = None, *, upstream_transport: httpx.As
         swagger_ui_path="/docs",
         redoc_ui_path=None,
         scalar_ui_path=None,
-        # RFC 3339 times, not the RFC 822 form Quart's JSON provider would give
-        pydantic_dump_options={"mode": "json"},
+        # RFC 3339 times, not the RFC 822 form Quart's JSON provider would give; "mode"
+        # works at run time but is missing from quart-schema's PydanticDumpOptions type.
+        pydantic_dump_options={"mode": "json"},  # type: ignore[arg-type]
     )
 
     register_lifecycle(app, settings, upstream_transport)

@@ -41,9 +41,12 @@ def main() -> None:
     except ValidationError as error:
         sys.exit(describe_error(error))
     if settings.database_url is None:
-        sys.exit("invalid configuration: DATABASE_URL is not set (`make run` sets it for the private MariaDB)")
+        sys.exit("invalid configuration: DATABASE_URL is not set (`make run` sets it)")
     configure_logging(settings.log_level)
-    log.info("serving", extra={"docs": f"http://{settings.host}:{settings.port}/docs", "workers": settings.workers})
+    log.info(
+        "serving",
+        extra={"docs": f"http://{settings.host}:{settings.port}/docs", "workers": settings.workers},
+    )
     sys.exit(run(hypercorn_config(settings)))
 
 

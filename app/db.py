@@ -49,7 +49,9 @@ async def connect(url: MySQLDsn, **extra: Any) -> asyncmy.Connection:
 
 class DatabaseUnavailable(ApiError):
     def __init__(self) -> None:
-        super().__init__(503, "The database is not answering; try again shortly.", headers={"Retry-After": "1"})
+        super().__init__(
+            503, "The database is not answering; try again shortly.", headers={"Retry-After": "1"}
+        )
 
 
 # Errors that mean the server is gone, not that the query is wrong.
@@ -70,7 +72,9 @@ class Database:
         try:
             await self._open()
         except CONNECTION_ERRORS as error:
-            log.warning("database not answering at start-up; will keep trying", extra={"error": str(error)})
+            log.warning(
+                "database not answering at start-up; will keep trying", extra={"error": str(error)}
+            )
             self._opener = asyncio.create_task(self._keep_trying(), name="database-opener")
 
     async def _open(self) -> None:

@@ -96,8 +96,11 @@ class PrivateMariaDB:
             return
         mariadbd = _find("mariadbd")
         install_db = _find("mariadb-install-db")
+        setsid = _find("setsid")
         if mariadbd is None or install_db is None:
             raise DevDBError(INSTALL_HINT)
+        if setsid is None:
+            raise DevDBError("setsid not found: install util-linux")
         self.directory.mkdir(parents=True, exist_ok=True)
         os_user = getpass.getuser()
         if not (self.datadir / "mysql").is_dir():
@@ -118,7 +121,7 @@ class PrivateMariaDB:
             # reach the database and it outlives the command that started it.
             subprocess.run(  # noqa: S603
                 [
-                    "setsid",
+                    setsid,
                     "--fork",
                     mariadbd,
                     "--no-defaults",
@@ -136,7 +139,11 @@ class PrivateMariaDB:
                     "--innodb-flush-log-at-trx-commit=2",
                     "--character-set-server=utf8mb4",
                     "--collation-server=utf8mb4_unicode_ci",
-                    *([f"--default-time-zone={self.default_time_zone}"] if self.default_time_zone else []),
+                    *(
+                        [f"--default-time-zone={self.default_time_zone}"]
+                        if self.default_time_zone
+                        else []
+                    ),
                 ],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -148,7 +155,9 @@ class PrivateMariaDB:
             if self._answers():
                 return
             time.sleep(0.1)
-        raise DevDBError(f"mariadbd did not answer within {START_TIMEOUT:.0f} s; see {self.log_file}")
+        raise DevDBError(
+            f"mariadbd did not answer within {START_TIMEOUT:.0f} s; see {self.log_file}"
+        )
 
     def stop(self, timeout: float = 30.0) -> None:
         pid = self.pid()
@@ -167,11 +176,12 @@ class PrivateMariaDB:
         # with the password file.
         account = f"'{self.user}'@'%'"
         secret = self.password.replace("'", "''")
+        scope = "*" if self.grant_all else f"`{self.database}`"
         return (
             f"CREATE DATABASE IF NOT EXISTS `{self.database}`;\n"
             f"CREATE USER IF NOT EXISTS {account} IDENTIFIED BY '{secret}';\n"
             f"ALTER USER {account} IDENTIFIED BY '{secret}';\n"
-            f"GRANT ALL PRIVILEGES ON {'*' if self.grant_all else f'`{self.database}`'}.* TO {account};\n"
+            f"GRANT ALL PRIVILEGES ON {scope}.* TO {account};\n"
         )
 
     def _answers(self) -> bool:
@@ -188,18 +198,22 @@ class PrivateMariaDB:
 
         try:
             asyncio.run(ping())
-        except (asyncmy.errors.Error, OSError, asyncio.TimeoutError):
+        except (TimeoutError, asyncmy.errors.Error, OSError):
             return False
         return True
 
     def _run(self, *command: str) -> None:
         result = subprocess.run(command, capture_output=True, text=True, check=False)  # noqa: S603
         if result.returncode != 0:
-            raise DevDBError(f"{command[0]} failed: {result.stderr.strip() or result.stdout.strip()}")
+            raise DevDBError(
+                f"{command[0]} failed: {result.stderr.strip() or result.stdout.strip()}"
+            )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m app.devdb", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m app.devdb", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("action", choices=["start", "stop", "url"])
     parser.add_argument("--dir", type=Path, default=Path(".run/mariadb"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("DEV_DB_PORT", "3307")))

@@ -14,7 +14,9 @@ from app.settings import Settings
 from app.upstream import Upstream, open_client
 
 
-def register_lifecycle(app: Quart, settings: Settings, upstream_transport: httpx.AsyncBaseTransport | None) -> None:
+def register_lifecycle(
+    app: Quart, settings: Settings, upstream_transport: httpx.AsyncBaseTransport | None
+) -> None:
     app.extensions["settings"] = settings
 
     @app.before_serving
@@ -26,7 +28,9 @@ def register_lifecycle(app: Quart, settings: Settings, upstream_transport: httpx
             max_concurrency=settings.upstream_max_concurrency,
         )
         assert settings.database_url is not None  # create_app refuses to build without one
-        database = Database(settings.database_url, minsize=settings.db_pool_min, maxsize=settings.db_pool_max)
+        database = Database(
+            settings.database_url, minsize=settings.db_pool_min, maxsize=settings.db_pool_max
+        )
         app.extensions["database"] = database
         await database.start()
 

@@ -77,7 +77,9 @@ async def migrate(url: MySQLDsn, directory: Path = MIGRATIONS_DIR) -> list[str]:
             await cursor.execute("SELECT GET_LOCK(%s, %s)", (LOCK_NAME, LOCK_WAIT_SECONDS))
             (locked,) = await cursor.fetchone()
             if locked != 1:
-                raise MigrationError(f"another migration run held the lock for {LOCK_WAIT_SECONDS} s")
+                raise MigrationError(
+                    f"another migration run held the lock for {LOCK_WAIT_SECONDS} s"
+                )
             try:
                 return await _apply_pending(cursor, migrations)
             finally:
@@ -132,7 +134,9 @@ def main() -> None:
     except ValidationError as error:
         sys.exit(describe_error(error))
     if settings.database_url is None:
-        sys.exit("DATABASE_URL is not set: set it, or run `make migrate` to use the private MariaDB")
+        sys.exit(
+            "DATABASE_URL is not set: set it, or run `make migrate` to use the private MariaDB"
+        )
     try:
         applied = asyncio.run(migrate(settings.database_url))
     except (MigrationError, asyncmy.errors.Error, OSError) as error:

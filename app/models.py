@@ -39,7 +39,10 @@ class Problem(BaseModel):
 
 class UpstreamFailure(BaseModel):
     url: str
-    code: str = Field(examples=["timeout"], description="not_found, timeout, unreachable, upstream_error or bad_response")
+    code: str = Field(
+        examples=["timeout"],
+        description="not_found, timeout, unreachable, upstream_error or bad_response",
+    )
     detail: str
 
 

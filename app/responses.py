@@ -14,5 +14,9 @@ from quart import Response
 T = TypeVar("T")
 
 
-def json_response(adapter: TypeAdapter[Any], value: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(adapter.dump_json(value), status=status, headers=headers, content_type="application/json")
+def json_response(
+    adapter: TypeAdapter[Any], value: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    return Response(
+        adapter.dump_json(value), status=status, headers=headers, content_type="application/json"
+    )

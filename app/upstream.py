@@ -45,7 +45,9 @@ class UpstreamError(Exception):
         return STATUS_FOR[self.code]
 
 
-def open_client(settings: Settings, transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncClient:
+def open_client(
+    settings: Settings, transport: httpx.AsyncBaseTransport | None = None
+) -> httpx.AsyncClient:
     """The process's one HTTP client. Tests pass httpx's own transport so respx can mock it."""
     limits = httpx.Limits(
         max_connections=settings.upstream_max_concurrency,
@@ -98,7 +100,9 @@ class Upstream:
         if response.status_code == 404:
             raise UpstreamError(url, "not_found", "the upstream has no such resource (404)")
         if not response.is_success:
-            raise UpstreamError(url, "upstream_error", f"the upstream answered {response.status_code}")
+            raise UpstreamError(
+                url, "upstream_error", f"the upstream answered {response.status_code}"
+            )
         try:
             return response.json()
         except ValueError:

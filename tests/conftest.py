@@ -42,7 +42,9 @@ def mariadb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateMariaDB
         yield None
         return
     instance = PrivateMariaDB(
-        tmp_path_factory.mktemp("mariadb"), port=free_port(), database="app_test",
+        tmp_path_factory.mktemp("mariadb"),
+        port=free_port(),
+        database="app_test",
         grant_all=True,
         default_time_zone="+05:30",
     )

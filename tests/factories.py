@@ -10,7 +10,9 @@ import asyncmy
 _serial = itertools.count(1)
 
 
-async def insert_user(connection: asyncmy.Connection, *, name: str | None = None, email: str | None = None) -> int:
+async def insert_user(
+    connection: asyncmy.Connection, *, name: str | None = None, email: str | None = None
+) -> int:
     number = next(_serial)
     async with connection.cursor() as cursor:
         await cursor.execute(

@@ -50,14 +50,18 @@ async def test_a_fresh_database_gets_every_migration_once(empty_database: MySQLD
     assert [row[0] for row in recorded] == [m.version for m in load_migrations()]
 
 
-async def test_concurrent_runners_apply_each_migration_exactly_once(empty_database: MySQLDsn) -> None:
+async def test_concurrent_runners_apply_each_migration_exactly_once(
+    empty_database: MySQLDsn,
+) -> None:
     results = await asyncio.gather(*(migrate(empty_database) for _ in range(4)))
 
     applied = [name for result in results for name in result]
     assert sorted(applied) == sorted(f"{m.version:04d}_{m.name}" for m in load_migrations())
 
 
-async def test_a_migration_changed_after_it_was_applied_stops_the_run(empty_database: MySQLDsn, tmp_path: Path) -> None:
+async def test_a_migration_changed_after_it_was_applied_stops_the_run(
+    empty_database: MySQLDsn, tmp_path: Path
+) -> None:
     directory = tmp_path / "migrations"
     shutil.copytree(MIGRATIONS_DIR, directory)
     await migrate(empty_database, directory)
@@ -68,7 +72,9 @@ async def test_a_migration_changed_after_it_was_applied_stops_the_run(empty_data
         await migrate(empty_database, directory)
 
 
-async def test_a_failing_migration_is_not_recorded(empty_database: MySQLDsn, tmp_path: Path) -> None:
+async def test_a_failing_migration_is_not_recorded(
+    empty_database: MySQLDsn, tmp_path: Path
+) -> None:
     directory = tmp_path / "migrations"
     shutil.copytree(MIGRATIONS_DIR, directory)
     (directory / "9999_broken.sql").write_text("ALTER TABLE no_such_table ADD COLUMN x INT;\n")
@@ -76,7 +82,9 @@ async def test_a_failing_migration_is_not_recorded(empty_database: MySQLDsn, tmp
     with pytest.raises(asyncmy.errors.ProgrammingError):
         await migrate(empty_database, directory)
 
-    versions = [row[0] for row in await query(empty_database, "SELECT version FROM schema_migrations")]
+    versions = [
+        row[0] for row in await query(empty_database, "SELECT version FROM schema_migrations")
+    ]
     assert 9999 not in versions
     assert 1 in versions
 
@@ -84,7 +92,7 @@ async def test_a_failing_migration_is_not_recorded(empty_database: MySQLDsn, tmp
 def test_files_must_be_numbered(tmp_path: Path) -> None:
     (tmp_path / "create_things.sql").write_text("SELECT 1;")
 
-    with pytest.raises(MigrationError, match="NNNN_name.sql"):
+    with pytest.raises(MigrationError, match=r"NNNN_name\.sql"):
         load_migrations(tmp_path)
 
 
@@ -93,13 +101,17 @@ async def test_emails_are_unique_whatever_their_case(empty_database: MySQLDsn) -
     await query(empty_database, "INSERT INTO users (name, email) VALUES ('A', 'Ada@Example.com')")
 
     with pytest.raises(asyncmy.errors.IntegrityError):
-        await query(empty_database, "INSERT INTO users (name, email) VALUES ('B', 'ada@example.COM')")
+        await query(
+            empty_database, "INSERT INTO users (name, email) VALUES ('B', 'ada@example.COM')"
+        )
 
     stored = await query(empty_database, "SELECT email FROM users")
     assert stored == [("Ada@Example.com",)]
 
 
-async def test_times_are_utc_with_microseconds_on_a_server_off_utc(empty_database: MySQLDsn) -> None:
+async def test_times_are_utc_with_microseconds_on_a_server_off_utc(
+    empty_database: MySQLDsn,
+) -> None:
     await migrate(empty_database)
     await query(empty_database, "INSERT INTO users (name, email) VALUES ('A', 'a@example.com')")
 
@@ -113,4 +125,7 @@ async def test_times_are_utc_with_microseconds_on_a_server_off_utc(empty_databas
         "SELECT column_name, datetime_precision FROM information_schema.columns"
         " WHERE table_schema = DATABASE() AND table_name = 'users' AND data_type = 'datetime'",
     )
-    assert {str(name).lower(): precision for name, precision in columns} == {"created_at": 6, "updated_at": 6}
+    assert {str(name).lower(): precision for name, precision in columns} == {
+        "created_at": 6,
+        "updated_at": 6,
+    }

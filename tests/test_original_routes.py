@@ -18,7 +18,9 @@ from tests.factories import insert_user, insert_users
 RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?Z$")
 
 
-async def test_index_answers_every_upstream_body_in_order(client: QuartClient, respx_mock: respx.MockRouter) -> None:
+async def test_index_answers_every_upstream_body_in_order(
+    client: QuartClient, respx_mock: respx.MockRouter
+) -> None:
     async def later(request: httpx.Request) -> httpx.Response:
         await asyncio.sleep(0.05)
         return httpx.Response(200, json={"id": 1, "title": "first"})
@@ -33,7 +35,9 @@ async def test_index_answers_every_upstream_body_in_order(client: QuartClient, r
     assert await response.get_json() == [{"id": 1, "title": "first"}, {"id": 2, "title": "second"}]
 
 
-async def test_index_names_each_failed_url_in_a_502(client: QuartClient, respx_mock: respx.MockRouter) -> None:
+async def test_index_names_each_failed_url_in_a_502(
+    client: QuartClient, respx_mock: respx.MockRouter
+) -> None:
     respx_mock.get(f"{UPSTREAM}/posts/1").respond(json={"id": 1})
     respx_mock.get(f"{UPSTREAM}/posts/2").respond(500)
 
@@ -45,32 +49,48 @@ async def test_index_names_each_failed_url_in_a_502(client: QuartClient, respx_m
     assert body["status"] == 502
     assert body["title"] == "Bad Gateway"
     assert body["errors"] == [
-        {"url": f"{UPSTREAM}/posts/2", "code": "upstream_error", "detail": "the upstream answered 500"}
+        {
+            "url": f"{UPSTREAM}/posts/2",
+            "code": "upstream_error",
+            "detail": "the upstream answered 500",
+        }
     ]
 
 
-async def test_index_is_a_504_when_any_call_timed_out(settings: object, migrated: str, respx_mock: respx.MockRouter) -> None:
+async def test_index_is_a_504_when_any_call_timed_out(
+    settings: object, migrated: str, respx_mock: respx.MockRouter
+) -> None:
     async def hang(request: httpx.Request) -> httpx.Response:
         await asyncio.sleep(10)
         return httpx.Response(200, json={})
 
     respx_mock.get(f"{UPSTREAM}/posts/1").mock(side_effect=hang)
     respx_mock.get(f"{UPSTREAM}/posts/2").respond(404)
-    app = create_app(make_settings(migrated, upstream_timeout=0.2), upstream_transport=httpx.AsyncHTTPTransport())
+    app = create_app(
+        make_settings(migrated, upstream_timeout=0.2), upstream_transport=httpx.AsyncHTTPTransport()
+    )
 
     async with app.test_app() as running:
         response = await running.test_client().get("/")
 
     assert response.status_code == 504
-    codes = {error["url"].rsplit("/", 1)[1]: error["code"] for error in (await response.get_json())["errors"]}
+    codes = {
+        error["url"].rsplit("/", 1)[1]: error["code"]
+        for error in (await response.get_json())["errors"]
+    }
     assert codes == {"1": "timeout", "2": "not_found"}
 
 
-async def test_index_fetches_the_configured_urls(migrated: str, respx_mock: respx.MockRouter) -> None:
+async def test_index_fetches_the_configured_urls(
+    migrated: str, respx_mock: respx.MockRouter
+) -> None:
     urls = [f"{UPSTREAM}/a", f"{UPSTREAM}/b", f"{UPSTREAM}/c"]
     for index, url in enumerate(urls):
         respx_mock.get(url).respond(json=index)
-    app = create_app(make_settings(migrated, upstream_urls=",".join(urls)), upstream_transport=httpx.AsyncHTTPTransport())
+    app = create_app(
+        make_settings(migrated, upstream_urls=",".join(urls)),
+        upstream_transport=httpx.AsyncHTTPTransport(),
+    )
 
     async with app.test_app() as running:
         response = await running.test_client().get("/")
@@ -78,7 +98,9 @@ async def test_index_fetches_the_configured_urls(migrated: str, respx_mock: resp
     assert await response.get_json() == [0, 1, 2]
 
 
-async def test_db_answers_the_users_ordered_by_id(client: QuartClient, db: asyncmy.Connection) -> None:
+async def test_db_answers_the_users_ordered_by_id(
+    client: QuartClient, db: asyncmy.Connection
+) -> None:
     second = await insert_user(db, name="Zed", email="zed@example.com")
     first_id = second - 1  # nothing to do with names: order is by id
     third = await insert_user(db, name="Amy", email="amy@example.com")
@@ -113,7 +135,9 @@ async def test_db_answers_at_most_1000_users(client: QuartClient, db: asyncmy.Co
     assert ids == sorted(ids)
 
 
-async def test_db_with_no_users_is_an_empty_list(client: QuartClient, db: asyncmy.Connection) -> None:
+async def test_db_with_no_users_is_an_empty_list(
+    client: QuartClient, db: asyncmy.Connection
+) -> None:
     response = await client.get("/db")
 
     assert response.status_code == 200

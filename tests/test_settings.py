@@ -21,7 +21,14 @@ def refusal(monkeypatch: pytest.MonkeyPatch, **environ: str) -> str:
 
 
 def test_defaults_follow_the_spec(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("DATABASE_URL", "UPSTREAM_BASE_URL", "UPSTREAM_URLS", "API_TOKEN", "PORT", "WORKERS"):
+    for name in (
+        "DATABASE_URL",
+        "UPSTREAM_BASE_URL",
+        "UPSTREAM_URLS",
+        "API_TOKEN",
+        "PORT",
+        "WORKERS",
+    ):
         monkeypatch.delenv(name, raising=False)
 
     settings = Settings(_env_file=None)  # type: ignore[call-arg]
@@ -56,7 +63,11 @@ def test_lists_are_comma_separated(monkeypatch: pytest.MonkeyPatch) -> None:
         CORS_ORIGINS="https://one.test,https://two.test",
     )
 
-    assert [str(url) for url in settings.upstream_urls] == ["http://a.test/1", "http://b.test/2", "http://c.test/3"]
+    assert [str(url) for url in settings.upstream_urls] == [
+        "http://a.test/1",
+        "http://b.test/2",
+        "http://c.test/3",
+    ]
     assert settings.cors_origins == ["https://one.test", "https://two.test"]
 
 
@@ -78,7 +89,9 @@ def test_lists_are_comma_separated(monkeypatch: pytest.MonkeyPatch) -> None:
         ("LOG_LEVEL", "chatty"),
     ],
 )
-def test_a_bad_value_is_refused_naming_the_variable(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
+def test_a_bad_value_is_refused_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
     line = refusal(monkeypatch, **{name: value})
 
     assert line.startswith("invalid configuration: ")
@@ -101,7 +114,9 @@ def test_a_refusal_never_echoes_the_value(monkeypatch: pytest.MonkeyPatch) -> No
 
 def test_secrets_are_hidden_in_the_settings_repr(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = settings_from(
-        monkeypatch, API_TOKEN="token-value-123", DATABASE_URL="mysql://app:db-password-456@db:3306/app"
+        monkeypatch,
+        API_TOKEN="token-value-123",
+        DATABASE_URL="mysql://app:db-password-456@db:3306/app",
     )
 
     assert "token-value-123" not in repr(settings)

@@ -22,18 +22,25 @@ async def upstream() -> AsyncIterator[Upstream]:
 
 
 class InFlight:
-    """Counts calls in flight; each call waits until `release` is set."""
+    """Counts calls in flight; each call waits until `release` is set.
 
-    def __init__(self) -> None:
+    `reached` is set once `expected` calls have started.
+    """
+
+    def __init__(self, expected: int) -> None:
+        self.expected = expected
         self.now = 0
         self.most = 0
         self.started = 0
+        self.reached = asyncio.Event()
         self.release = asyncio.Event()
 
     async def __call__(self, request: httpx.Request) -> httpx.Response:
         self.now += 1
         self.started += 1
         self.most = max(self.most, self.now)
+        if self.started >= self.expected:
+            self.reached.set()
         try:
             await self.release.wait()
         finally:
@@ -41,7 +48,9 @@ class InFlight:
         return httpx.Response(200, json={"path": request.url.path})
 
 
-async def test_answers_come_back_in_the_order_asked(upstream: Upstream, respx_mock: respx.MockRouter) -> None:
+async def test_answers_come_back_in_the_order_asked(
+    upstream: Upstream, respx_mock: respx.MockRouter
+) -> None:
     async def slow_first(request: httpx.Request) -> httpx.Response:
         await asyncio.sleep(0.05)
         return httpx.Response(200, json={"n": 1})
@@ -55,34 +64,37 @@ async def test_answers_come_back_in_the_order_asked(upstream: Upstream, respx_mo
     assert results == [{"n": 1}, {"n": 2}, [3, "three"]]
 
 
-async def test_every_call_starts_before_any_finishes(upstream: Upstream, respx_mock: respx.MockRouter) -> None:
-    in_flight = InFlight()
-    respx_mock.get(url__startswith=BASE).mock(side_effect=in_flight)
+async def test_every_call_starts_before_any_finishes(
+    upstream: Upstream, respx_mock: respx.MockRouter
+) -> None:
     urls = [f"{BASE}/{n}" for n in range(10)]
+    in_flight = InFlight(expected=len(urls))
+    respx_mock.get(url__startswith=BASE).mock(side_effect=in_flight)
 
     fan_out = asyncio.create_task(upstream.get_all(urls))
     # Sequential calls would never get past the first one: it waits for the release.
     async with asyncio.timeout(2):
-        while in_flight.started < len(urls):
-            await asyncio.sleep(0.005)
+        await in_flight.reached.wait()
     in_flight.release.set()
     results = await fan_out
 
     assert in_flight.most == len(urls)
-    assert [result["path"] for result in results] == [f"/{n}" for n in range(10)]
+    assert results == [{"path": f"/{n}"} for n in range(10)]
 
 
-async def test_calls_in_flight_never_exceed_the_bound_even_across_fan_outs(respx_mock: respx.MockRouter) -> None:
-    in_flight = InFlight()
+async def test_calls_in_flight_never_exceed_the_bound_even_across_fan_outs(
+    respx_mock: respx.MockRouter,
+) -> None:
+    in_flight = InFlight(expected=3)
     respx_mock.get(url__startswith=BASE).mock(side_effect=in_flight)
     async with httpx.AsyncClient(transport=httpx.AsyncHTTPTransport()) as client:
         upstream = Upstream(client, timeout=2, max_concurrency=3)
         fan_outs = [
-            asyncio.create_task(upstream.get_all([f"{BASE}/{n}" for n in range(5)])) for _ in range(2)
+            asyncio.create_task(upstream.get_all([f"{BASE}/{n}" for n in range(5)]))
+            for _ in range(2)
         ]
         async with asyncio.timeout(2):
-            while in_flight.started < 3:
-                await asyncio.sleep(0.005)
+            await in_flight.reached.wait()
         await asyncio.sleep(0.05)  # room for a fourth call to start, were the bound broken
         assert in_flight.now == 3
         in_flight.release.set()
@@ -127,7 +139,9 @@ async def test_each_failure_maps_to_its_code(
     assert caught.value.detail
 
 
-async def test_a_hung_upstream_times_out_within_the_limit(upstream: Upstream, respx_mock: respx.MockRouter) -> None:
+async def test_a_hung_upstream_times_out_within_the_limit(
+    upstream: Upstream, respx_mock: respx.MockRouter
+) -> None:
     async def hang(request: httpx.Request) -> httpx.Response:
         await asyncio.sleep(30)
         return httpx.Response(200, json={})
@@ -143,7 +157,9 @@ async def test_a_hung_upstream_times_out_within_the_limit(upstream: Upstream, re
     assert results[1] == {"ok": True}
 
 
-async def test_waiting_for_a_free_slot_counts_against_the_timeout(respx_mock: respx.MockRouter) -> None:
+async def test_waiting_for_a_free_slot_counts_against_the_timeout(
+    respx_mock: respx.MockRouter,
+) -> None:
     async def hang(request: httpx.Request) -> httpx.Response:
         await asyncio.sleep(30)
         return httpx.Response(200, json={})
@@ -154,18 +170,27 @@ async def test_waiting_for_a_free_slot_counts_against_the_timeout(respx_mock: re
         async with asyncio.timeout(2):
             results = await upstream.get_all([f"{BASE}/a", f"{BASE}/b"])
 
-    assert [result.code for result in results if isinstance(result, UpstreamError)] == ["timeout", "timeout"]
+    assert [result.code for result in results if isinstance(result, UpstreamError)] == [
+        "timeout",
+        "timeout",
+    ]
 
 
 @pytest.mark.parametrize(
     ("cause", "code", "detail"),
     [
         (aiohttp.ServerDisconnectedError(), "unreachable", "closed the connection"),
-        (aiohttp.ClientOSError(104, "Connection reset by peer"), "unreachable", "closed the connection"),
+        (
+            aiohttp.ClientOSError(104, "Connection reset by peer"),
+            "unreachable",
+            "closed the connection",
+        ),
         (aiohttp.ServerTimeoutError("read"), "timeout", "in time"),
     ],
 )
-def test_aiohttp_errors_are_judged_by_what_happened(cause: Exception, code: str, detail: str) -> None:
+def test_aiohttp_errors_are_judged_by_what_happened(
+    cause: Exception, code: str, detail: str
+) -> None:
     # httpx-aiohttp wraps all of these in httpx.ConnectTimeout.
     wrapped = httpx.ConnectTimeout(str(cause))
     wrapped.__cause__ = cause

@@ -34,7 +34,12 @@ class Counters:
 
 
 def post(post_id: int) -> dict[str, object]:
-    return {"userId": (post_id - 1) // 10 + 1, "id": post_id, "title": f"post {post_id}", "body": "stub"}
+    return {
+        "userId": (post_id - 1) // 10 + 1,
+        "id": post_id,
+        "title": f"post {post_id}",
+        "body": "stub",
+    }
 
 
 def build_app(delay: float = 0.0) -> web.Application:
@@ -84,7 +89,11 @@ def build_app(delay: float = 0.0) -> web.Application:
 
     async def stats(request: web.Request) -> web.StreamResponse:
         return web.json_response(
-            {"calls": counters.calls, "in_flight": counters.in_flight, "max_in_flight": counters.max_in_flight}
+            {
+                "calls": counters.calls,
+                "in_flight": counters.in_flight,
+                "max_in_flight": counters.max_in_flight,
+            }
         )
 
     async def reset_counters(request: web.Request) -> web.StreamResponse:
@@ -108,7 +117,17 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--delay", type=float, default=0.0, help="seconds added to every call")
     args = parser.parse_args()
-    web.run_app(build_app(args.delay), host="127.0.0.1", port=args.port, print=None, access_log=None, backlog=2048)
+    web.run_app(
+        build_app(args.delay),
+        host="127.0.0.1",
+        port=args.port,
+        print=None,
+        access_log=None,
+        backlog=2048,
+        # a client that gave up stops counting as in flight
+        handler_cancellation=True,
+        shutdown_timeout=1,
+    )
 
 
 if __name__ == "__main__":

@@ -8,7 +8,9 @@ import asyncmy
 from asyncmy.cursors import DictCursor
 
 
-async def select_users(connection: asyncmy.Connection, *, after: int = 0, limit: int) -> list[dict[str, Any]]:
+async def select_users(
+    connection: asyncmy.Connection, *, after: int = 0, limit: int
+) -> list[dict[str, Any]]:
     async with connection.cursor(DictCursor) as cursor:
         await cursor.execute(
             "SELECT id, name, email, created_at, updated_at FROM users"

@@ -1,0 +1,107 @@
+"""Helpers for end-to-end tests: processes on loopback, started and stopped for real."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import free_port
+
+REPO = Path(__file__).resolve().parent.parent
+# Variables a developer's shell may hold that would change what the tests see.
+SETTINGS_VARIABLES = (
+    "DATABASE_URL", "DB_POOL_MIN", "DB_POOL_MAX", "UPSTREAM_BASE_URL", "UPSTREAM_URLS",
+    "UPSTREAM_TIMEOUT", "UPSTREAM_MAX_CONCURRENCY", "API_TOKEN", "HOST", "PORT", "WORKERS",
+    "MAX_BODY_BYTES", "SHUTDOWN_GRACE", "WRITE_RATE_LIMIT", "CORS_ORIGINS", "LOG_LEVEL",
+)  # fmt: skip
+
+
+def clean_environ(**settings: str) -> dict[str, str]:
+    environ = {name: value for name, value in os.environ.items() if name not in SETTINGS_VARIABLES}
+    environ["PYTHONPATH"] = str(REPO)
+    environ.update(settings)
+    return environ
+
+
+def wait_until_answering(url: str, process: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args!r} exited with {process.returncode}")
+        try:
+            httpx.get(url, timeout=1.0)
+            return
+        except httpx.TransportError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{url} did not answer within {timeout} s")
+
+
+@contextmanager
+def upstream_stub(delay: float = 0.0) -> Iterator[str]:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tests.upstream_stub", "--port", str(port), "--delay", str(delay)],
+        env=clean_environ(),
+        cwd=REPO,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_answering(f"{base}/_stats", process)
+        yield base
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@dataclass
+class Service:
+    base: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log_lines(self) -> list[str]:
+        return self.log_path.read_text().splitlines()
+
+    def stop(self, timeout: float = 30.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=timeout)
+
+
+def start_service(workdir: Path, **settings: str) -> Service:
+    """`python -m app` (hypercorn) in a clean environment, with `workdir` as cwd (no .env)."""
+    port = settings.setdefault("PORT", str(free_port()))
+    log_path = workdir / f"service-{port}.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "app"],
+            env=clean_environ(**settings),
+            cwd=workdir,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    service = Service(f"http://127.0.0.1:{port}", process, log_path)
+    try:
+        wait_until_answering(f"{service.base}/healthz", process)
+    except RuntimeError:
+        service.stop()
+        raise RuntimeError(f"the service did not start:\n{log_path.read_text()}") from None
+    return service
+
+
+@contextmanager
+def running_service(workdir: Path, **settings: str) -> Iterator[Service]:
+    service = start_service(workdir, **settings)
+    try:
+        yield service
+    finally:
+        service.stop()

@@ -1,0 +1,213 @@
+"""hypercorn started as a real process, a real upstream stub on loopback, the real MariaDB."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncmy
+import httpx
+import pytest
+
+from tests.conftest import free_port
+from tests.e2e import Service, clean_environ, running_service, upstream_stub
+from tests.factories import insert_user
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def stub() -> Iterator[str]:
+    with upstream_stub() as base:
+        yield base
+
+
+@pytest.fixture(scope="module")
+def service(
+    stub: str, migrated: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Service]:
+    with running_service(
+        tmp_path_factory.mktemp("service"), DATABASE_URL=migrated, UPSTREAM_BASE_URL=stub
+    ) as running:
+        yield running
+
+
+@pytest.fixture
+async def http(service: Service) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=service.base, timeout=10) as client:
+        yield client
+
+
+async def stub_stats(stub: str) -> dict[str, int]:
+    async with httpx.AsyncClient() as client:
+        stats: dict[str, int] = (await client.get(f"{stub}/_stats")).json()
+        return stats
+
+
+async def test_index_answers_the_upstream_posts_in_order(http: httpx.AsyncClient) -> None:
+    response = await http.get("/")
+
+    assert response.status_code == 200
+    assert [post["id"] for post in response.json()] == [1, 2]
+    assert response.json()[0]["title"] == "post 1"
+
+
+async def test_db_answers_the_users(http: httpx.AsyncClient, db: asyncmy.Connection) -> None:
+    user_id = await insert_user(db, name="Grace Hopper", email="grace@example.com")
+
+    response = await http.get("/db")
+
+    assert response.status_code == 200
+    assert response.json()[0]["id"] == user_id
+    assert response.json()[0]["name"] == "Grace Hopper"
+    assert response.json()[0]["created_at"].endswith("Z")
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"), [("GET", "/nope", 404), ("PATCH", "/db", 405)]
+)
+async def test_errors_are_problem_json(
+    http: httpx.AsyncClient, method: str, path: str, status: int
+) -> None:
+    response = await http.request(method, path)
+
+    assert response.status_code == status
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["status"] == status
+
+
+async def test_the_json_log_line_carries_the_request_id(
+    http: httpx.AsyncClient, service: Service
+) -> None:
+    response = await http.get("/nope", headers={"X-Request-ID": "e2e-trace-7"})
+    assert response.headers["X-Request-ID"] == "e2e-trace-7"
+
+    async with asyncio.timeout(5):
+        while True:
+            records = [json.loads(line) for line in service.log_lines() if line.startswith("{")]
+            mine = [record for record in records if record.get("request_id") == "e2e-trace-7"]
+            if mine:
+                break
+            await asyncio.sleep(0.05)
+
+    assert mine[0]["path"] == "/nope"
+    assert mine[0]["status"] == 404
+    assert all(line.startswith("{") for line in service.log_lines()), "every log line is JSON"
+
+
+async def test_every_failure_of_the_real_transport_is_named(
+    stub: str, migrated: str, tmp_path: Path
+) -> None:
+    paths = ["/posts/1", "/close", "/reset", "/garbage", "/status/500", "/posts/999"]
+    urls = ",".join(stub + path for path in paths)
+
+    with running_service(tmp_path, DATABASE_URL=migrated, UPSTREAM_URLS=urls) as service:
+        async with httpx.AsyncClient(base_url=service.base, timeout=10) as client:
+            response = await client.get("/")
+
+    assert response.status_code == 502
+    codes = {error["url"].removeprefix(stub): error["code"] for error in response.json()["errors"]}
+    assert codes == {
+        "/close": "unreachable",
+        "/reset": "unreachable",
+        "/garbage": "bad_response",
+        "/status/500": "upstream_error",
+        "/posts/999": "not_found",
+    }
+
+
+async def test_refused_and_slow_upstreams_answer_within_the_timeout(
+    stub: str, migrated: str, tmp_path: Path
+) -> None:
+    urls = f"http://127.0.0.1:{free_port()}/posts/1,{stub}/slow/30/1"
+
+    with running_service(
+        tmp_path, DATABASE_URL=migrated, UPSTREAM_URLS=urls, UPSTREAM_TIMEOUT="0.5"
+    ) as service:
+        async with httpx.AsyncClient(base_url=service.base, timeout=5) as client:
+            response = await client.get("/")
+
+    assert response.status_code == 504
+    assert [error["code"] for error in response.json()["errors"]] == ["unreachable", "timeout"]
+
+
+async def test_the_fan_out_has_every_call_in_flight_at_once(
+    stub: str, migrated: str, tmp_path: Path
+) -> None:
+    urls = ",".join(f"{stub}/slow/0.3/{n}" for n in range(1, 11))
+
+    with running_service(tmp_path, DATABASE_URL=migrated, UPSTREAM_URLS=urls) as service:
+        async with httpx.AsyncClient(base_url=service.base, timeout=10) as client:
+            await client.get(f"{stub}/_reset")
+            response = await client.get("/")
+            stats = await stub_stats(stub)
+
+    assert response.status_code == 200
+    assert [post["id"] for post in response.json()] == list(range(1, 11))
+    assert stats["calls"] == 10
+    assert stats["max_in_flight"] == 10
+
+
+async def test_sigterm_lets_a_request_in_flight_finish_then_exits_0(
+    stub: str, migrated: str, tmp_path: Path
+) -> None:
+    with running_service(
+        tmp_path, DATABASE_URL=migrated, UPSTREAM_URLS=f"{stub}/slow/1/1"
+    ) as service:
+        async with httpx.AsyncClient(base_url=service.base, timeout=10) as client:
+            in_flight = asyncio.create_task(client.get("/"))
+            await asyncio.sleep(0.3)
+            service.process.terminate()
+            response = await in_flight
+        exit_code = await asyncio.to_thread(service.process.wait, 15)
+
+    assert response.status_code == 200
+    assert exit_code == 0
+
+
+async def test_with_the_database_down_it_still_serves(migrated: str, tmp_path: Path) -> None:
+    nothing_listens = f"mysql://app:pw@127.0.0.1:{free_port()}/app"
+
+    with running_service(tmp_path, DATABASE_URL=nothing_listens) as service:
+        async with (
+            httpx.AsyncClient(base_url=service.base, timeout=10) as client,
+            asyncio.timeout(5),
+        ):
+            health = await client.get("/healthz")
+            users = await client.get("/db")
+
+    assert health.status_code == 200
+    assert users.status_code == 503
+    assert users.headers["content-type"] == "application/problem+json"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("PORT", "eighty"),
+        ("UPSTREAM_TIMEOUT", "soon"),
+        ("DATABASE_URL", "mysql://u:hunter2@h:99999/db"),
+    ],
+)
+def test_a_bad_setting_stops_start_up_with_one_line(tmp_path: Path, name: str, value: str) -> None:
+    settings = {"DATABASE_URL": "mysql://u:p@127.0.0.1:3306/db", name: value}
+
+    result = subprocess.run(
+        [sys.executable, "-m", "app"],
+        env=clean_environ(**settings),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert name in lines[0]
+    assert "hunter2" not in result.stderr
