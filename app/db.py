@@ -104,6 +104,12 @@ class Database:
                 await self._open()
             except CONNECTION_ERRORS:
                 continue
+            except Exception:
+                # A migration that fails on a live database will not fix itself by retrying.
+                log.exception(
+                    "database answering, but opening it failed; routes keep answering 503"
+                )
+                return
             log.info("database answering; pool open")
 
     async def close(self) -> None:

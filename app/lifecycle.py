@@ -6,12 +6,16 @@ They are kept in `app.extensions`, not on `g`, which is reset after start-up.
 
 from __future__ import annotations
 
+import logging
+
 import httpx
 from quart import Quart, current_app
 
 from app.db import Database
 from app.settings import Settings
 from app.upstream import Upstream, open_client
+
+log = logging.getLogger(__name__)
 
 
 def register_lifecycle(
@@ -38,6 +42,7 @@ def register_lifecycle(
     async def close_resources() -> None:
         await app.extensions["upstream"].client.aclose()
         await app.extensions["database"].close()
+        log.info("stopped serving; HTTP client and database pool closed")
 
 
 def get_settings() -> Settings:

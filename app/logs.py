@@ -25,7 +25,9 @@ access_log = logging.getLogger("app.access")
 class RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if not hasattr(record, "request_id"):
-            record.request_id = request_id_var.get()
+            request_id = request_id_var.get()
+            if request_id is not None:
+                record.request_id = request_id
         return True
 
 
