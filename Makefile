@@ -47,9 +47,7 @@ define database_url
 endef
 
 run: $(INSTALLED)
-	@$(database_url); \
-	echo "serving on http://$${HOST:-127.0.0.1}:$${PORT:-8000}/  docs: http://$${HOST:-127.0.0.1}:$${PORT:-8000}/docs  (Ctrl-C stops)"; \
-	exec $(PY) -m app
+	@$(database_url); exec $(PY) -m app
 
 test: $(INSTALLED)
 	@$(need_mariadbd)

@@ -43,10 +43,10 @@ def main() -> None:
     if settings.database_url is None:
         sys.exit("invalid configuration: DATABASE_URL is not set (`make run` sets it)")
     configure_logging(settings.log_level)
-    log.info(
-        "serving",
-        extra={"docs": f"http://{settings.host}:{settings.port}/docs", "workers": settings.workers},
-    )
+    base = f"http://{settings.host}:{settings.port}"
+    # For the person at the terminal; the JSON logs go to stderr.
+    print(f"serving {base}/  docs: {base}/docs  (Ctrl-C stops)", flush=True)
+    log.info("serving", extra={"docs": f"{base}/docs", "workers": settings.workers})
     sys.exit(run(hypercorn_config(settings)))
 
 
