@@ -10,10 +10,9 @@ import sys
 
 from hypercorn.config import Config
 from hypercorn.run import run
-from pydantic import ValidationError
 
 from app.logs import configure_logging
-from app.settings import Settings, describe_error
+from app.settings import Settings, settings_or_exit
 
 log = logging.getLogger("app.serve")
 
@@ -36,12 +35,7 @@ def hypercorn_config(settings: Settings) -> Config:
 
 
 def main() -> None:
-    try:
-        settings = Settings()
-    except ValidationError as error:
-        sys.exit(describe_error(error))
-    if settings.database_url is None:
-        sys.exit("invalid configuration: DATABASE_URL is not set (`make run` sets it)")
+    settings, _ = settings_or_exit()
     configure_logging(settings.log_level)
     base = f"http://{settings.host}:{settings.port}"
     # For the person at the terminal; the JSON logs go to stderr.

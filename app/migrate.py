@@ -26,10 +26,10 @@ from pathlib import Path
 
 import asyncmy
 from asyncmy.constants.CLIENT import MULTI_STATEMENTS
-from pydantic import MySQLDsn, ValidationError
+from pydantic import MySQLDsn
 
 from app import db
-from app.settings import Settings, describe_error
+from app.settings import settings_or_exit
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 LOCK_NAME = "quart_async_demo.migrate"
@@ -129,16 +129,9 @@ async def _apply_pending(cursor: asyncmy.cursors.Cursor, migrations: list[Migrat
 
 
 def main() -> None:
+    _, database_url = settings_or_exit()
     try:
-        settings = Settings()
-    except ValidationError as error:
-        sys.exit(describe_error(error))
-    if settings.database_url is None:
-        sys.exit(
-            "DATABASE_URL is not set: set it, or run `make migrate` to use the private MariaDB"
-        )
-    try:
-        applied = asyncio.run(migrate(settings.database_url))
+        applied = asyncio.run(migrate(database_url))
     except (MigrationError, asyncmy.errors.Error, OSError) as error:
         sys.exit(f"migration failed: {error}")
     print(f"migrations: {len(applied)} applied" + (f" ({', '.join(applied)})" if applied else ""))

@@ -7,6 +7,7 @@ the variable, so the service never starts half-configured.
 from __future__ import annotations
 
 import re
+import sys
 from typing import Annotated, Literal
 
 from pydantic import (
@@ -104,3 +105,14 @@ def describe_error(error: ValidationError) -> str:
         name = str(item["loc"][0]).upper() if item["loc"] else "configuration"
         problems.append(f"{name}: {item['msg']}")
     return "invalid configuration: " + "; ".join(problems)
+
+
+def settings_or_exit() -> tuple[Settings, MySQLDsn]:
+    """The settings and database URL for a command-line entry point, or exit with one line."""
+    try:
+        settings = Settings()
+    except ValidationError as error:
+        sys.exit(describe_error(error))
+    if settings.database_url is None:
+        sys.exit("invalid configuration: DATABASE_URL is not set (`make run` sets it)")
+    return settings, settings.database_url

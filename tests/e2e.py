@@ -69,6 +69,7 @@ class Service:
     log_path: Path
 
     def log_lines(self) -> list[str]:
+        """What the service wrote to stderr: its logs."""
         return self.log_path.read_text().splitlines()
 
     def stop(self, timeout: float = 30.0) -> int:
@@ -81,13 +82,13 @@ def start_service(workdir: Path, **settings: str) -> Service:
     """`python -m app` (hypercorn) in a clean environment, with `workdir` as cwd (no .env)."""
     port = settings.setdefault("PORT", str(free_port()))
     log_path = workdir / f"service-{port}.log"
-    with log_path.open("wb") as log:
+    with log_path.open("wb") as log, (workdir / f"service-{port}.out").open("wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "app"],
             env=clean_environ(**settings),
             cwd=workdir,
-            stdout=log,
-            stderr=subprocess.STDOUT,
+            stdout=out,
+            stderr=log,
         )
     service = Service(f"http://127.0.0.1:{port}", process, log_path)
     try:
