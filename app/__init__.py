@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import httpx
 from quart import Quart
-from quart_schema import Info, QuartSchema
+from quart_schema import HttpSecurityScheme, Info, QuartSchema
 
-from app.blueprints import ops, original
+from app.auth import BEARER
+from app.blueprints import docs, ops, original, posts, users
+from app.bodies import register_connection_keeping
 from app.lifecycle import register_lifecycle
 from app.logs import register_request_logging
+from app.openapi import ProblemAwareOpenAPIProvider
 from app.problems import register_error_handlers
 from app.settings import Settings
 
@@ -25,27 +28,36 @@ def create_app(
     if settings.database_url is None:
         raise ValueError("DATABASE_URL is not set")
 
-    app = Quart(__name__)
+    app = Quart(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
-    # Keep the key order of our models in answers, and answer in UTF-8.
-    app.json.sort_keys = False  # type: ignore[attr-defined]
-    app.json.ensure_ascii = False  # type: ignore[attr-defined]
-
     QuartSchema(
         app,
-        info=Info(title="Quart async demo", version="1.0.0"),
+        info=Info(
+            title="Quart async demo",
+            version="1.0.0",
+            description="The blog post's async Flask app, ported to Quart. Errors are "
+            "application/problem+json (RFC 9457); writes need `Authorization: Bearer`.",
+        ),
         openapi_path="/openapi.json",
-        swagger_ui_path="/docs",
+        # /docs is ours (app.blueprints.docs): quart-schema's pages load from CDNs
+        swagger_ui_path=None,
         redoc_ui_path=None,
         scalar_ui_path=None,
+        security_schemes={BEARER: HttpSecurityScheme(scheme="bearer")},
+        openapi_provider_class=ProblemAwareOpenAPIProvider,
         # RFC 3339 times, not the RFC 822 form Quart's JSON provider would give; "mode"
         # works at run time but is missing from quart-schema's PydanticDumpOptions type.
         pydantic_dump_options={"mode": "json"},  # type: ignore[arg-type]
     )
 
+    # After QuartSchema, which installs its own JSON provider: keep our models' key order.
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.json.ensure_ascii = False  # type: ignore[attr-defined]
+
     register_lifecycle(app, settings, upstream_transport)
     register_request_logging(app)
     register_error_handlers(app)
-    app.register_blueprint(original.blueprint)
-    app.register_blueprint(ops.blueprint)
+    register_connection_keeping(app)
+    for module in (original, posts, users, ops, docs):
+        app.register_blueprint(module.blueprint)
     return app

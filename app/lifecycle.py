@@ -28,6 +28,7 @@ def register_lifecycle(
         client = open_client(settings, upstream_transport)
         app.extensions["upstream"] = Upstream(
             client,
+            base_url=str(settings.upstream_base_url),
             timeout=settings.upstream_timeout,
             max_concurrency=settings.upstream_max_concurrency,
         )

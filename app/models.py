@@ -1,11 +1,22 @@
-"""The shapes the API answers with, shared by the routes and the OpenAPI document."""
+"""The shapes the API accepts and answers with, shared by the routes and the OpenAPI document."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    EmailStr,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+
+MAX_BATCH_IDS = 100
 
 
 def _as_utc(value: datetime) -> datetime:
@@ -14,20 +25,15 @@ def _as_utc(value: datetime) -> datetime:
 
 
 UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+Email = Annotated[EmailStr, StringConstraints(max_length=254)]
 
 
-class User(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    id: int = Field(examples=[1])
-    name: str = Field(examples=["Ada Lovelace"])
-    email: str = Field(examples=["ada@example.com"])
-    created_at: UtcDatetime = Field(description="RFC 3339, UTC")
-    updated_at: UtcDatetime = Field(description="RFC 3339, UTC")
+# --- problems -------------------------------------------------------------------------
 
 
 class Problem(BaseModel):
-    """RFC 9457 problem details, the body of every 4xx and 5xx answer."""
+    """RFC 9457 problem details: the body of every 4xx and 5xx answer."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -35,6 +41,17 @@ class Problem(BaseModel):
     title: str = Field(examples=["Not Found"])
     status: int = Field(examples=[404])
     detail: str
+
+
+class FieldError(BaseModel):
+    loc: list[str | int] = Field(examples=[["body", "email"]])
+    msg: str = Field(examples=["value is not a valid email address"])
+
+
+class ValidationProblem(Problem):
+    """A request that is not of the documented shape: each bad field in `errors`."""
+
+    errors: list[FieldError]
 
 
 class UpstreamFailure(BaseModel):
@@ -47,8 +64,132 @@ class UpstreamFailure(BaseModel):
 
 
 class UpstreamProblem(Problem):
+    """Upstream calls failed: each failed URL in `errors`."""
+
     errors: list[UpstreamFailure]
 
 
-# The blog's `/` answers whatever JSON each upstream gives.
-UpstreamBodies = list[Any]
+# --- posts ----------------------------------------------------------------------------
+
+
+class Post(BaseModel):
+    """A post, as the upstream gives it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    userId: int
+    id: int
+    title: str
+    body: str
+
+
+class PostError(BaseModel):
+    code: Literal["not_found", "timeout", "unreachable", "upstream_error", "bad_response"]
+    status: int = Field(description="what GET /api/v1/posts/{id} answers for the same failure")
+    detail: str
+
+
+class PostFetched(BaseModel):
+    id: int
+    ok: Literal[True] = True
+    post: Post
+
+
+class PostFailed(BaseModel):
+    id: int
+    ok: Literal[False] = False
+    error: PostError
+
+
+class PostBatch(BaseModel):
+    """One item per id asked for, in that order; a failed id never fails the others."""
+
+    items: list[Annotated[PostFetched | PostFailed, Field(discriminator="ok")]]
+    elapsed_ms: float = Field(description="time spent fetching, in milliseconds")
+
+
+class PostsQuery(BaseModel):
+    ids: str = Field(
+        description=f"1 to {MAX_BATCH_IDS} positive integer ids, comma-separated",
+        examples=["1,2,3"],
+    )
+
+    @field_validator("ids")
+    @classmethod
+    def _ids(cls, value: str) -> str:
+        parse_ids(value)
+        return value
+
+    @property
+    def id_list(self) -> list[int]:
+        return parse_ids(self.ids)
+
+
+def parse_ids(value: str) -> list[int]:
+    parts = [part.strip() for part in value.split(",")]
+    if not all(part.isascii() and part.isdigit() for part in parts):
+        raise ValueError("ids must be positive integers, comma-separated")
+    ids = [int(part) for part in parts]
+    if not 1 <= len(ids) <= MAX_BATCH_IDS:
+        raise ValueError(f"give 1 to {MAX_BATCH_IDS} ids")
+    if any(post_id < 1 for post_id in ids):
+        raise ValueError("ids must be positive")
+    return ids
+
+
+# --- users ----------------------------------------------------------------------------
+
+
+class User(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    id: int = Field(examples=[1])
+    name: str = Field(examples=["Ada Lovelace"])
+    email: str = Field(examples=["ada@example.com"])
+    created_at: UtcDatetime = Field(description="RFC 3339, UTC")
+    updated_at: UtcDatetime = Field(description="RFC 3339, UTC")
+
+
+class UserPage(BaseModel):
+    items: list[User]
+    next_after: int | None = Field(
+        description="pass as `after` for the next page; null when this is the last"
+    )
+
+
+class UsersQuery(BaseModel):
+    limit: int = Field(default=50, ge=1, le=200)
+    after: int = Field(default=0, ge=0, description="answer users with ids greater than this")
+
+
+class UserCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Name = Field(examples=["Ada Lovelace"], description="trimmed; 1 to 100 characters")
+    email: Email = Field(examples=["ada@example.com"], description="unique, whatever its case")
+
+
+class UserPatch(BaseModel):
+    """Any of `name` and `email`; at least one."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Name | None = Field(default=None, description="trimmed; 1 to 100 characters")
+    email: Email | None = Field(default=None, description="unique, whatever its case")
+
+    @field_validator("name", "email", mode="before")
+    @classmethod
+    def _not_null(cls, value: Any) -> Any:
+        if value is None:
+            raise ValueError("must not be null; leave the field out to keep it")
+        return value
+
+    @model_validator(mode="after")
+    def _something(self) -> UserPatch:
+        if not self.model_fields_set:
+            raise ValueError("give at least one of name, email")
+        return self
+
+
+class Health(BaseModel):
+    status: str = "ok"

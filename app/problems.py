@@ -11,8 +11,11 @@ import logging
 from http import HTTPStatus
 from typing import Any
 
+from pydantic import ValidationError
 from pydantic_core import to_json
 from quart import Quart, Response
+from quart_schema import RequestSchemaValidationError
+from quart_schema.validation import QuerystringValidationError
 from werkzeug.exceptions import HTTPException
 
 PROBLEM_JSON = "application/problem+json"
@@ -63,6 +66,16 @@ def problem_response(
     return response
 
 
+def field_errors(error: Exception | None, where: str) -> list[dict[str, Any]]:
+    """`{loc, msg}` for each bad field; the offending values are never echoed back."""
+    if isinstance(error, ValidationError):
+        return [
+            {"loc": [where, *item["loc"]], "msg": item["msg"].removeprefix("Value error, ")}
+            for item in error.errors(include_url=False, include_input=False)
+        ]
+    return [{"loc": [where], "msg": str(error) if error else "invalid"}]
+
+
 def register_error_handlers(app: Quart) -> None:
     @app.errorhandler(ApiError)
     async def api_error(error: ApiError) -> Response:
@@ -73,6 +86,15 @@ def register_error_handlers(app: Quart) -> None:
             type_=error.type,
             headers=error.headers,
             **error.extensions,
+        )
+
+    @app.errorhandler(RequestSchemaValidationError)
+    async def invalid_request(error: RequestSchemaValidationError) -> Response:
+        where = "query" if isinstance(error, QuerystringValidationError) else "body"
+        return problem_response(
+            422,
+            "The request is not valid: see errors.",
+            errors=field_errors(error.validation_error, where),
         )
 
     @app.errorhandler(HTTPException)

@@ -18,7 +18,9 @@ from typing import Any, Literal
 import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
+from pydantic import ValidationError
 
+from app.models import Post
 from app.settings import Settings
 
 FailureCode = Literal["not_found", "timeout", "unreachable", "upstream_error", "bad_response"]
@@ -81,8 +83,11 @@ def _classify(error: httpx.TransportError) -> tuple[FailureCode, str]:
 
 
 class Upstream:
-    def __init__(self, client: httpx.AsyncClient, *, timeout: float, max_concurrency: int) -> None:
+    def __init__(
+        self, client: httpx.AsyncClient, *, base_url: str, timeout: float, max_concurrency: int
+    ) -> None:
         self.client = client
+        self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.max_concurrency = max_concurrency
         self._slots = asyncio.Semaphore(max_concurrency)
@@ -118,3 +123,30 @@ class Upstream:
                 return error
 
         return await asyncio.gather(*(settle(url) for url in urls))
+
+    def post_url(self, post_id: int) -> str:
+        # Built only from configuration and an integer: no client picks the address.
+        return f"{self.base_url}/posts/{int(post_id)}"
+
+    async def get_post(self, post_id: int) -> Post:
+        url = self.post_url(post_id)
+        body = await self.get_json(url)
+        try:
+            return Post.model_validate(body)
+        except ValidationError:
+            raise UpstreamError(
+                url, "bad_response", "the upstream's answer is not a post"
+            ) from None
+
+    async def get_posts(self, post_ids: list[int]) -> dict[int, Post | UpstreamError]:
+        """Each distinct id fetched once, all at once, within the concurrency bound."""
+        unique = list(dict.fromkeys(post_ids))
+
+        async def settle(post_id: int) -> Post | UpstreamError:
+            try:
+                return await self.get_post(post_id)
+            except UpstreamError as error:
+                return error
+
+        results = await asyncio.gather(*(settle(post_id) for post_id in unique))
+        return dict(zip(unique, results, strict=True))

@@ -18,7 +18,7 @@ BASE = "http://upstream.test"
 @pytest.fixture
 async def upstream() -> AsyncIterator[Upstream]:
     async with httpx.AsyncClient(transport=httpx.AsyncHTTPTransport()) as client:
-        yield Upstream(client, timeout=0.5, max_concurrency=50)
+        yield Upstream(client, base_url=BASE, timeout=0.5, max_concurrency=50)
 
 
 class InFlight:
@@ -88,7 +88,7 @@ async def test_calls_in_flight_never_exceed_the_bound_even_across_fan_outs(
     in_flight = InFlight(expected=3)
     respx_mock.get(url__startswith=BASE).mock(side_effect=in_flight)
     async with httpx.AsyncClient(transport=httpx.AsyncHTTPTransport()) as client:
-        upstream = Upstream(client, timeout=2, max_concurrency=3)
+        upstream = Upstream(client, base_url=BASE, timeout=2, max_concurrency=3)
         fan_outs = [
             asyncio.create_task(upstream.get_all([f"{BASE}/{n}" for n in range(5)]))
             for _ in range(2)
@@ -166,7 +166,7 @@ async def test_waiting_for_a_free_slot_counts_against_the_timeout(
 
     respx_mock.get(url__startswith=BASE).mock(side_effect=hang)
     async with httpx.AsyncClient(transport=httpx.AsyncHTTPTransport()) as client:
-        upstream = Upstream(client, timeout=0.3, max_concurrency=1)
+        upstream = Upstream(client, base_url=BASE, timeout=0.3, max_concurrency=1)
         async with asyncio.timeout(2):
             results = await upstream.get_all([f"{BASE}/a", f"{BASE}/b"])
 

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel
 from quart import Blueprint
 from quart_schema import document_response, tag
 
+from app.models import Health
+
 blueprint = Blueprint("ops", __name__)
-
-
-class Health(BaseModel):
-    status: str = "ok"
 
 
 @blueprint.get("/healthz")

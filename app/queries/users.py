@@ -7,15 +7,74 @@ from typing import Any
 import asyncmy
 from asyncmy.cursors import DictCursor
 
+Row = dict[str, Any]
 
-async def select_users(
-    connection: asyncmy.Connection, *, after: int = 0, limit: int
-) -> list[dict[str, Any]]:
+# MariaDB's error for a duplicate key: here only users_email_key can raise it.
+DUPLICATE_KEY = 1062
+
+
+class EmailTaken(Exception):
+    pass
+
+
+async def select_users(connection: asyncmy.Connection, *, after: int = 0, limit: int) -> list[Row]:
     async with connection.cursor(DictCursor) as cursor:
         await cursor.execute(
             "SELECT id, name, email, created_at, updated_at FROM users"
             " WHERE id > %(after)s ORDER BY id LIMIT %(limit)s",
             {"after": after, "limit": limit},
         )
-        rows: list[dict[str, Any]] = await cursor.fetchall()
+        rows: list[Row] = await cursor.fetchall()
         return rows
+
+
+async def select_user(connection: asyncmy.Connection, *, user_id: int) -> Row | None:
+    async with connection.cursor(DictCursor) as cursor:
+        await cursor.execute(
+            "SELECT id, name, email, created_at, updated_at FROM users WHERE id = %(id)s",
+            {"id": user_id},
+        )
+        row: Row | None = await cursor.fetchone()
+        return row
+
+
+async def insert_user(connection: asyncmy.Connection, *, name: str, email: str) -> int:
+    """The new user's id; EmailTaken when the address is in use, whatever its case."""
+    async with connection.cursor() as cursor:
+        try:
+            await cursor.execute(
+                "INSERT INTO users (name, email) VALUES (%(name)s, %(email)s)",
+                {"name": name, "email": email},
+            )
+        except asyncmy.errors.IntegrityError as error:
+            if error.args[0] == DUPLICATE_KEY:
+                raise EmailTaken(email) from None
+            raise
+        user_id: int = cursor.lastrowid
+        return user_id
+
+
+async def update_user(
+    connection: asyncmy.Connection, *, user_id: int, name: str | None, email: str | None
+) -> None:
+    """Set the fields given (None keeps the stored value); EmailTaken as for insert_user."""
+    async with connection.cursor() as cursor:
+        try:
+            await cursor.execute(
+                "UPDATE users"
+                " SET name = COALESCE(%(name)s, name), email = COALESCE(%(email)s, email)"
+                " WHERE id = %(id)s",
+                {"id": user_id, "name": name, "email": email},
+            )
+        except asyncmy.errors.IntegrityError as error:
+            if error.args[0] == DUPLICATE_KEY:
+                raise EmailTaken(email) from None
+            raise
+
+
+async def delete_user(connection: asyncmy.Connection, *, user_id: int) -> bool:
+    """True when there was such a user."""
+    async with connection.cursor() as cursor:
+        await cursor.execute("DELETE FROM users WHERE id = %(id)s", {"id": user_id})
+        deleted: bool = cursor.rowcount == 1
+        return deleted

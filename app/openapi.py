@@ -1,0 +1,67 @@
+"""The OpenAPI document: error answers as problem+json, 204s, and helpers to declare them.
+
+quart-schema documents every response as `application/json`; our errors are
+`application/problem+json` (RFC 9457), so the provider moves them there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from http import HTTPStatus
+from typing import Any, TypeVar
+
+from quart_schema import OpenAPIProvider, document_response
+from werkzeug.routing import Rule
+
+from app.models import Problem, ValidationProblem
+from app.problems import PROBLEM_JSON
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+NO_CONTENT_ATTRIBUTE = "_app_documents_no_content"
+
+
+def problems(*statuses: int) -> Callable[[F], F]:
+    """Document the problem+json answers a route can give (422 lists its bad fields)."""
+
+    def decorator(func: F) -> F:
+        for status in statuses:
+            model = ValidationProblem if status == 422 else Problem
+            func = document_response(model, status)(func)
+        return func
+
+    return decorator
+
+
+def no_content(func: F) -> F:
+    """Document a 204 answer (it has no body, so no model to give document_response)."""
+    setattr(func, NO_CONTENT_ATTRIBUTE, True)
+    return func
+
+
+class ProblemAwareOpenAPIProvider(OpenAPIProvider):
+    def build_querystring_parameters(
+        self, model: type[Any]
+    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        # quart-schema leaves out which query parameters are required (`ids` is).
+        parameters, definitions = super().build_querystring_parameters(model)
+        required = set(model.model_json_schema().get("required", []))
+        for parameter in parameters:
+            parameter["required"] = parameter["name"] in required
+        return parameters, definitions
+
+    def build_paths(self, rule: Rule) -> tuple[dict[str, Any], dict[str, Any]]:
+        paths, components = super().build_paths(rule)
+        func = self._app.view_functions[rule.endpoint]
+        for operations in paths.values():
+            for operation in operations.values():
+                responses = operation["responses"]
+                if getattr(func, NO_CONTENT_ATTRIBUTE, False):
+                    responses[204] = {}
+                for status, response in responses.items():
+                    content = response.get("content", {})
+                    if int(status) >= 400 and "application/json" in content:
+                        response["content"] = {PROBLEM_JSON: content.pop("application/json")}
+                    if not response.get("description"):
+                        response["description"] = HTTPStatus(int(status)).phrase
+        return paths, components
