@@ -23,19 +23,21 @@ $(INSTALLED): requirements.lock
 	$(VENV)/bin/pip install --quiet --require-hashes --no-deps -r requirements.lock
 	@touch $@
 
-# mariadbd from Debian's mariadb-server: installed with apt-get when missing and possible.
-define need_mariadbd
-	if ! command -v mariadbd >/dev/null && ! test -x /usr/sbin/mariadbd; then \
+# Debian packages, installed with apt-get when missing and we are root:
+# $(call need_package,PACKAGE,PROGRAM,WHAT TO SAY WHEN WE CANNOT)
+define need_package
+	if ! command -v $(2) >/dev/null && ! test -x /usr/sbin/$(2); then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    echo "installing mariadb-server with apt-get" >&2; \
-	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mariadb-server) >/dev/null \
-	      || { echo "apt-get could not install mariadb-server; install it or set DATABASE_URL" >&2; exit 1; }; \
+	    echo "installing $(1) with apt-get" >&2; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(1)) >/dev/null \
+	      || { echo "apt-get could not install $(1): $(3)" >&2; exit 1; }; \
 	  else \
-	    echo "mariadbd not found: install Debian's mariadb-server (sudo apt-get install mariadb-server) or set DATABASE_URL" >&2; \
-	    exit 1; \
+	    echo "$(2) not found: $(3)" >&2; exit 1; \
 	  fi; \
 	fi
 endef
+need_mariadbd = $(call need_package,mariadb-server,mariadbd,install Debian's mariadb-server (sudo apt-get install mariadb-server) or set DATABASE_URL)
+need_chromium = $(call need_package,chromium,chromium,the docs test needs Debian's chromium (sudo apt-get install chromium))
 
 # DATABASE_URL as given, else the private MariaDB's (started when not running).
 define database_url
@@ -51,6 +53,7 @@ run: $(INSTALLED)
 
 test: $(INSTALLED)
 	@$(need_mariadbd)
+	@$(need_chromium)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 migrate: $(INSTALLED)

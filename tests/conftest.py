@@ -7,7 +7,6 @@ MariaDB in a temporary directory on a free port (or uses TEST_DATABASE_URL).
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,15 +24,11 @@ from app.db import connect
 from app.devdb import PrivateMariaDB
 from app.migrate import migrate
 from app.settings import Settings
+from tests.e2e import Service, free_port, running_service, upstream_stub
 
 UPSTREAM = "http://upstream.test"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+# The bearer token of the service the end-to-end tests share.
+E2E_TOKEN = "e2e-token"
 
 
 @pytest.fixture(scope="session")
@@ -115,3 +110,24 @@ def client(test_app: TestAppProtocol) -> QuartClient:
 @pytest.fixture
 def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def stub() -> Iterator[str]:
+    """A real upstream on loopback (tests/upstream_stub.py)."""
+    with upstream_stub() as base:
+        yield base
+
+
+@pytest.fixture(scope="session")
+def service(
+    stub: str, migrated: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Service]:
+    """`python -m app` under hypercorn, with the stub as its upstream and API_TOKEN set."""
+    with running_service(
+        tmp_path_factory.mktemp("service"),
+        DATABASE_URL=migrated,
+        UPSTREAM_BASE_URL=stub,
+        API_TOKEN=E2E_TOKEN,
+    ) as running:
+        yield running

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -14,8 +15,6 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import free_port
-
 REPO = Path(__file__).resolve().parent.parent
 # Variables a developer's shell may hold that would change what the tests see.
 SETTINGS_VARIABLES = (
@@ -23,6 +22,13 @@ SETTINGS_VARIABLES = (
     "UPSTREAM_TIMEOUT", "UPSTREAM_MAX_CONCURRENCY", "API_TOKEN", "HOST", "PORT", "WORKERS",
     "MAX_BODY_BYTES", "SHUTDOWN_GRACE", "WRITE_RATE_LIMIT", "CORS_ORIGINS", "LOG_LEVEL",
 )  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def clean_environ(**settings: str) -> dict[str, str]:

@@ -6,34 +6,17 @@ import asyncio
 import json
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncmy
 import httpx
 import pytest
 
-from tests.conftest import free_port
-from tests.e2e import Service, clean_environ, running_service, upstream_stub
+from tests.e2e import Service, clean_environ, free_port, running_service, upstream_stub
 from tests.factories import insert_user
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(scope="module")
-def stub() -> Iterator[str]:
-    with upstream_stub() as base:
-        yield base
-
-
-@pytest.fixture(scope="module")
-def service(
-    stub: str, migrated: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Service]:
-    with running_service(
-        tmp_path_factory.mktemp("service"), DATABASE_URL=migrated, UPSTREAM_BASE_URL=stub
-    ) as running:
-        yield running
 
 
 @pytest.fixture
@@ -211,3 +194,31 @@ def test_a_bad_setting_stops_start_up_with_one_line(tmp_path: Path, name: str, v
     assert len(lines) == 1, result.stderr
     assert name in lines[0]
     assert "hunter2" not in result.stderr
+
+
+async def test_one_post_and_a_missing_one(http: httpx.AsyncClient) -> None:
+    found = await http.get("/api/v1/posts/42")
+    missing = await http.get("/api/v1/posts/1000")
+
+    assert found.json() == {"userId": 5, "id": 42, "title": "post 42", "body": "stub"}
+    assert missing.status_code == 404
+    assert missing.json()["code"] == "not_found"
+
+
+async def test_100_ids_in_two_requests_share_the_bound(migrated: str, tmp_path: Path) -> None:
+    ids = ",".join(str(n) for n in range(1, 101))
+
+    with upstream_stub(delay=0.05) as slow_stub:
+        settings = {"UPSTREAM_BASE_URL": slow_stub, "UPSTREAM_MAX_CONCURRENCY": "10"}
+        with running_service(tmp_path, DATABASE_URL=migrated, **settings) as service:
+            async with httpx.AsyncClient(base_url=service.base, timeout=30) as client:
+                answers = await asyncio.gather(
+                    client.get(f"/api/v1/posts?ids={ids}"), client.get(f"/api/v1/posts?ids={ids}")
+                )
+                stats = await stub_stats(slow_stub)
+
+    for answer in answers:
+        assert answer.status_code == 200
+        assert [item["post"]["id"] for item in answer.json()["items"]] == list(range(1, 101))
+    assert stats["calls"] == 200
+    assert stats["max_in_flight"] == 10

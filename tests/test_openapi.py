@@ -9,7 +9,7 @@ import pytest
 from openapi_spec_validator import validate
 from quart import Quart
 from quart.testing import QuartClient
-from quart_schema.extension import QUART_SCHEMA_HIDDEN_ATTRIBUTE
+from quart_schema.openapi import QUART_SCHEMA_HIDDEN_ATTRIBUTE
 
 from app import create_app
 from tests.conftest import make_settings
@@ -92,7 +92,10 @@ def test_the_documented_failures_are_the_specs(spec: dict[str, Any]) -> None:
 
 
 def test_writes_declare_the_bearer_scheme_and_reads_do_not(spec: dict[str, Any]) -> None:
-    assert spec["components"]["securitySchemes"]["bearerAuth"] == {"type": "http", "scheme": "bearer"}
+    assert spec["components"]["securitySchemes"]["bearerAuth"] == {
+        "type": "http",
+        "scheme": "bearer",
+    }
     for (method, path), operation in documented_operations(spec).items():
         if method in WRITES:
             assert operation.get("security") == [{"bearerAuth": []}], f"{method} {path}"
