@@ -8,7 +8,7 @@ from functools import wraps
 from typing import Any, TypeVar
 
 from quart import Quart, Response, request
-from werkzeug.exceptions import BadRequest, HTTPException
+from werkzeug.exceptions import BadRequest
 
 from app.problems import ApiError
 
@@ -32,32 +32,45 @@ def require_json(func: F) -> F:
 
 
 DRAIN_TIMEOUT = 5.0
+# Past this, a refused body is not worth reading to the end: the answer says close.
+DRAIN_LIMIT = 4 * 1024 * 1024
 
 
 def register_connection_keeping(app: Quart) -> None:
     """A refusal sent before the body was read must not break the client's connection.
 
-    hypercorn drops a kept-alive connection whose request body was still arriving when
-    the answer went out, without saying so, and the client's next request on it fails.
-    So before an error answer goes out, read the rest of a body of allowed size (it is
-    at most MAX_BODY_BYTES); for a larger or unbounded one, say `Connection: close`.
+    Quart stops reading the request once the answer is sent, and hypercorn then drops a
+    kept-alive connection whose body was still arriving, without a word: the client's
+    next request on it fails. So before an error answer goes out, let the rest of the
+    body arrive (Quart keeps what fits in MAX_BODY_BYTES and discards the rest); a body
+    over DRAIN_LIMIT, of unknown length or too slow gets `Connection: close` instead.
     """
 
     @app.after_request
-    async def finish_reading_body(response: Response) -> Response:
-        if response.status_code < 400 or not _has_body():
-            return response
-        length = request.content_length
-        limit = app.config["MAX_CONTENT_LENGTH"]
-        if length is not None and length <= limit:
-            try:
-                await asyncio.wait_for(request.get_data(), DRAIN_TIMEOUT)
-                return response
-            except (TimeoutError, HTTPException):
-                pass
-        response.headers["Connection"] = "close"
+    async def let_body_arrive(response: Response) -> Response:
+        if response.status_code >= 400 and _has_body() and not await _body_arrived():
+            response.headers["Connection"] = "close"
         return response
 
 
 def _has_body() -> bool:
-    return bool(request.content_length) or "chunked" in request.headers.get("Transfer-Encoding", "")
+    return bool(request.content_length) or "chunked" in request.headers.get(
+        "Transfer-Encoding", ""
+    )
+
+
+async def _body_arrived() -> bool:
+    length = request.content_length
+    if length is None or length > DRAIN_LIMIT:
+        return False
+    # Quart's Body marks the end of the body even when it discarded what was over the
+    # limit; there is no public way to wait for that, so fall back to closing.
+    complete = getattr(request.body, "_complete", None)
+    if not isinstance(complete, asyncio.Event):
+        return False
+    try:
+        async with asyncio.timeout(DRAIN_TIMEOUT):
+            await complete.wait()
+    except TimeoutError:
+        return False
+    return True
