@@ -54,9 +54,7 @@ def register_connection_keeping(app: Quart) -> None:
 
 
 def _has_body() -> bool:
-    return bool(request.content_length) or "chunked" in request.headers.get(
-        "Transfer-Encoding", ""
-    )
+    return bool(request.content_length) or "chunked" in request.headers.get("Transfer-Encoding", "")
 
 
 async def _body_arrived() -> bool:
