@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import httpx
 from quart import Quart
+from quart_cors import cors
 from quart_schema import HttpSecurityScheme, Info, QuartSchema
 
 from app.auth import BEARER
@@ -16,8 +17,10 @@ from app.blueprints import docs, ops, original, posts, users
 from app.bodies import register_connection_keeping
 from app.lifecycle import register_lifecycle
 from app.logs import register_request_logging
+from app.metrics import register_metrics
 from app.openapi import ProblemAwareOpenAPIProvider
 from app.problems import register_error_handlers
+from app.rate_limit import WriteRateLimiter
 from app.settings import Settings
 
 
@@ -56,8 +59,19 @@ def create_app(
 
     register_lifecycle(app, settings, upstream_transport)
     register_request_logging(app)
+    register_metrics(app)
+    WriteRateLimiter(app, settings.write_rate_limit)
     register_error_handlers(app)
     register_connection_keeping(app)
     for module in (original, posts, users, ops, docs):
         app.register_blueprint(module.blueprint)
+    if settings.cors_origins:
+        app = cors(
+            app,
+            allow_origin=settings.cors_origins,
+            allow_methods=["GET", "POST", "PATCH", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+            expose_headers=["Location", "Retry-After", "X-Request-ID"],
+            max_age=600,
+        )
     return app

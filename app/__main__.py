@@ -6,7 +6,9 @@ Server settings live here, in one place, taken from the same Settings class as t
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import tempfile
 
 from hypercorn.config import Config
 from hypercorn.run import run
@@ -36,6 +38,9 @@ def hypercorn_config(settings: Settings) -> Config:
 
 def main() -> None:
     settings, _ = settings_or_exit()
+    if settings.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        # Each worker writes its metrics here; /metrics in any worker adds them up.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="app-metrics-")
     configure_logging(settings.log_level)
     base = f"http://{settings.host}:{settings.port}"
     # For the person at the terminal; the JSON logs go to stderr.

@@ -18,6 +18,7 @@ from urllib.parse import unquote
 import asyncmy
 from pydantic import MySQLDsn
 
+from app.metrics import DB_POOL_FREE, DB_POOL_SIZE
 from app.problems import ApiError
 
 # Every connection speaks UTC, so CURRENT_TIMESTAMP(6) columns hold UTC.
@@ -112,6 +113,22 @@ class Database:
                 return
             log.info("database answering; pool open")
 
+    def report_pool(self) -> None:
+        """Put the pool's size and idle connections in the metrics."""
+        DB_POOL_SIZE.set(self.pool.size if self.pool is not None else 0)
+        DB_POOL_FREE.set(self.pool.freesize if self.pool is not None else 0)
+
+    async def ping(self, within: float) -> bool:
+        """Whether the database answers a round trip within `within` seconds."""
+        if self.pool is None:
+            return False
+        try:
+            async with asyncio.timeout(within), self.connection() as connection:
+                await connection.ping(reconnect=False)
+        except (DatabaseUnavailable, TimeoutError, *CONNECTION_ERRORS):
+            return False
+        return True
+
     async def close(self) -> None:
         if self._opener is not None:
             self._opener.cancel()
@@ -129,7 +146,13 @@ class Database:
             raise DatabaseUnavailable()
         try:
             async with self.pool.acquire() as connection:
-                yield connection
+                try:
+                    yield connection
+                except (asyncio.CancelledError, TimeoutError, *CONNECTION_ERRORS):
+                    # A statement cut short leaves the connection mid-conversation:
+                    # closed, the pool drops it instead of handing it out again.
+                    connection.close()
+                    raise
         except CONNECTION_ERRORS as error:
             log.warning("database connection failed", extra={"error": str(error)})
             raise DatabaseUnavailable() from None

@@ -12,6 +12,7 @@ import httpx
 from quart import Quart, current_app
 
 from app.db import Database
+from app.loop_monitor import LoopMonitor
 from app.settings import Settings
 from app.upstream import Upstream, open_client
 
@@ -22,6 +23,9 @@ def register_lifecycle(
     app: Quart, settings: Settings, upstream_transport: httpx.AsyncBaseTransport | None
 ) -> None:
     app.extensions["settings"] = settings
+    monitor = LoopMonitor(threshold=settings.loop_block_threshold)
+    monitor.track(app)
+    app.extensions["loop_monitor"] = monitor
 
     @app.before_serving
     async def open_resources() -> None:
@@ -41,6 +45,7 @@ def register_lifecycle(
 
     @app.after_serving
     async def close_resources() -> None:
+        await monitor.stop()
         await app.extensions["upstream"].client.aclose()
         await app.extensions["database"].close()
         log.info("stopped serving; HTTP client and database pool closed")

@@ -192,4 +192,8 @@ class UserPatch(BaseModel):
 
 
 class Health(BaseModel):
-    status: str = "ok"
+    status: Literal["ok"] = "ok"
+
+
+class Readiness(BaseModel):
+    status: Literal["ready"] = "ready"

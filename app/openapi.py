@@ -19,6 +19,7 @@ from app.problems import PROBLEM_JSON
 F = TypeVar("F", bound=Callable[..., Any])
 
 NO_CONTENT_ATTRIBUTE = "_app_documents_no_content"
+TEXT_ATTRIBUTE = "_app_documents_text"
 
 
 def problems(*statuses: int) -> Callable[[F], F]:
@@ -37,6 +38,16 @@ def no_content(func: F) -> F:
     """Document a 204 answer (it has no body, so no model to give document_response)."""
     setattr(func, NO_CONTENT_ATTRIBUTE, True)
     return func
+
+
+def text_response(media_type: str, description: str) -> Callable[[F], F]:
+    """Document a 200 answer that is text, not JSON (the Prometheus exposition)."""
+
+    def decorator(func: F) -> F:
+        setattr(func, TEXT_ATTRIBUTE, (media_type, description))
+        return func
+
+    return decorator
 
 
 class ProblemAwareOpenAPIProvider(OpenAPIProvider):
@@ -58,6 +69,12 @@ class ProblemAwareOpenAPIProvider(OpenAPIProvider):
                 responses = operation["responses"]
                 if getattr(func, NO_CONTENT_ATTRIBUTE, False):
                     responses[204] = {}
+                if text := getattr(func, TEXT_ATTRIBUTE, None):
+                    media_type, description = text
+                    responses[200] = {
+                        "description": description,
+                        "content": {media_type: {"schema": {"type": "string"}}},
+                    }
                 for status, response in responses.items():
                     content = response.get("content", {})
                     if int(status) >= 400 and "application/json" in content:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import sys
+from datetime import timedelta
 from typing import Annotated, Literal
 
 from pydantic import (
@@ -60,6 +61,8 @@ class Settings(BaseSettings):
     write_rate_limit: str = "600/minute"
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+    # Not in the spec's table: how long the event loop may be blocked before a warning.
+    loop_block_threshold: float = Field(default=0.1, gt=0, le=60)
 
     @field_validator("upstream_urls", "cors_origins", mode="before")
     @classmethod
@@ -96,6 +99,13 @@ class Settings(BaseSettings):
                 self, "upstream_urls", [HttpUrl(f"{base}/posts/1"), HttpUrl(f"{base}/posts/2")]
             )
         return self
+
+
+def parse_rate_limit(value: str) -> tuple[int, timedelta]:
+    match = RATE_LIMIT.match(value)
+    if match is None:
+        raise ValueError(value)
+    return int(match[1]), timedelta(**{f"{match[2]}s": 1})
 
 
 def describe_error(error: ValidationError) -> str:

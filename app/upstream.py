@@ -13,6 +13,8 @@ connection pool (httpcore) collapses under concurrent fan-out (see the README).
 from __future__ import annotations
 
 import asyncio
+import random
+import time
 from typing import Any, Literal
 
 import aiohttp
@@ -20,10 +22,14 @@ import httpx
 from httpx_aiohttp import AiohttpTransport
 from pydantic import ValidationError
 
+from app.metrics import UPSTREAM_CALLS, UPSTREAM_RETRIES, UPSTREAM_SECONDS
 from app.models import Post
 from app.settings import Settings
 
 FailureCode = Literal["not_found", "timeout", "unreachable", "upstream_error", "bad_response"]
+
+RETRIES = 2
+RETRY_PAUSE = 0.05  # seconds, times the attempt number, with jitter
 
 # The status a single-resource route answers for each failure.
 STATUS_FOR: dict[FailureCode, int] = {
@@ -94,14 +100,23 @@ class Upstream:
 
     async def get_json(self, url: str) -> Any:
         """The parsed JSON body of a 2xx answer from `url`, else raise UpstreamError."""
+        started = time.perf_counter()
+        outcome = "ok"
+        try:
+            return await self._get_json(url)
+        except UpstreamError as error:
+            outcome = error.code
+            raise
+        finally:
+            UPSTREAM_CALLS.labels(outcome).inc()
+            UPSTREAM_SECONDS.labels(outcome).observe(time.perf_counter() - started)
+
+    async def _get_json(self, url: str) -> Any:
         try:
             async with asyncio.timeout(self.timeout):
-                async with self._slots:
-                    response = await self.client.get(url)
+                response = await self._get_with_retries(url)
         except TimeoutError:
             raise UpstreamError(url, "timeout", f"no answer within {self.timeout:g} s") from None
-        except httpx.TransportError as error:
-            raise UpstreamError(url, *_classify(error)) from None
         if response.status_code == 404:
             raise UpstreamError(url, "not_found", "the upstream has no such resource (404)")
         if not response.is_success:
@@ -112,6 +127,24 @@ class Upstream:
             return response.json()
         except ValueError:
             raise UpstreamError(url, "bad_response", "the upstream's answer is not JSON") from None
+
+    async def _get_with_retries(self, url: str) -> httpx.Response:
+        # GET is idempotent: a connection refused, reset or closed before any answer is
+        # tried again, a bounded number of times, after a jittered pause so that many
+        # callers do not come back at once. All of it within the caller's timeout.
+        for attempt in range(RETRIES + 1):
+            try:
+                async with self._slots:
+                    return await self.client.get(url)
+            except httpx.TransportError as error:
+                code, detail = _classify(error)
+                if code == "timeout":
+                    raise TimeoutError from None
+                if attempt == RETRIES:
+                    raise UpstreamError(url, code, detail) from None
+            UPSTREAM_RETRIES.inc()
+            await asyncio.sleep(RETRY_PAUSE * (attempt + 1) * random.uniform(0.5, 1.5))  # noqa: S311
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def get_all(self, urls: list[str]) -> list[Any | UpstreamError]:
         """Fetch every URL at once; each slot holds the body or the UpstreamError, in order."""

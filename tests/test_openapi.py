@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from openapi_spec_validator import validate
+from prometheus_client import CONTENT_TYPE_LATEST
 from quart import Quart
 from quart.testing import QuartClient
 from quart_schema.openapi import QUART_SCHEMA_HIDDEN_ATTRIBUTE
@@ -70,6 +71,8 @@ def test_every_operation_documents_its_answers(spec: dict[str, Any]) -> None:
                 continue
             content = response["content"]
             expected = "application/problem+json" if int(status) >= 400 else "application/json"
+            if path == "/metrics":
+                expected = CONTENT_TYPE_LATEST
             assert list(content) == [expected], f"{method} {path} {status}"
             assert content[expected]["schema"], f"{method} {path} {status} has no schema"
 
@@ -89,6 +92,9 @@ def test_the_documented_failures_are_the_specs(spec: dict[str, Any]) -> None:
     assert statuses[("delete", "/api/v1/users/{user_id}")] == {204, 401, 404, 503}
     assert statuses[("get", "/")] == {200, 502, 504}
     assert statuses[("get", "/db")] == {200, 503}
+    assert statuses[("get", "/healthz")] == {200}
+    assert statuses[("get", "/readyz")] == {200, 503}
+    assert statuses[("get", "/metrics")] == {200}
 
 
 def test_writes_declare_the_bearer_scheme_and_reads_do_not(spec: dict[str, Any]) -> None:

@@ -1,18 +1,34 @@
-"""Operational routes."""
+"""Operational routes: liveness and readiness (/metrics lives in app.metrics)."""
 
 from __future__ import annotations
 
 from quart import Blueprint
-from quart_schema import document_response, tag
+from quart_schema import tag, validate_response
 
-from app.models import Health
+from app.lifecycle import get_database
+from app.models import Health, Readiness
+from app.openapi import problems
+from app.problems import ApiError
+
+READY_TIMEOUT = 1.0
 
 blueprint = Blueprint("ops", __name__)
 
 
 @blueprint.get("/healthz")
 @tag(["operations"])
-@document_response(Health, 200)
-async def healthz() -> dict[str, str]:
+@validate_response(Health, 200)
+async def healthz() -> Health:
     """200 while the process serves; says nothing about the database (see /readyz)."""
-    return {"status": "ok"}
+    return Health()
+
+
+@blueprint.get("/readyz")
+@tag(["operations"])
+@validate_response(Readiness, 200)
+@problems(503)
+async def readyz() -> Readiness:
+    """200 when the database answers a ping within a second; 503 when it does not."""
+    if not await get_database().ping(READY_TIMEOUT):
+        raise ApiError(503, "The database is not answering.", headers={"Retry-After": "1"})
+    return Readiness()

@@ -1,0 +1,91 @@
+"""Prometheus metrics: requests, upstream calls, the database pool, event-loop lag.
+
+With several hypercorn workers each is its own process with its own counters. When
+PROMETHEUS_MULTIPROC_DIR is set (`python -m app` sets it for WORKERS > 1),
+prometheus-client writes every process's values there and /metrics adds them up, so any
+worker answers for all of them.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from quart import Quart, Response, g, request
+from quart_schema import tag
+
+from app.openapi import text_response
+
+REQUESTS = Counter("http_requests_total", "Requests answered.", ["method", "route", "status"])
+REQUEST_SECONDS = Histogram(
+    "http_request_duration_seconds",
+    "Time from the request's start to its answer.",
+    ["method", "route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+UPSTREAM_CALLS = Counter("upstream_calls_total", "Upstream calls, by outcome.", ["outcome"])
+UPSTREAM_SECONDS = Histogram(
+    "upstream_call_duration_seconds",
+    "Time of one upstream call, retries and the wait for a slot included.",
+    ["outcome"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+UPSTREAM_RETRIES = Counter(
+    "upstream_retries_total", "Upstream calls tried again after a connection error."
+)
+DB_POOL_SIZE = Gauge(
+    "db_pool_connections", "Connections the pool holds.", multiprocess_mode="livesum"
+)
+DB_POOL_FREE = Gauge(
+    "db_pool_free_connections", "Connections idle in the pool.", multiprocess_mode="livesum"
+)
+LOOP_LAG = Gauge(
+    "event_loop_lag_seconds",
+    "How late the last event-loop probe woke up.",
+    multiprocess_mode="livemax",
+)
+LOOP_BLOCKED = Counter(
+    "event_loop_blocked_total", "Times the event loop was blocked past the threshold."
+)
+
+# Routes that did not match (404s) share one label, so scanners cannot grow the series.
+UNMATCHED = "<unmatched>"
+
+
+def route_label() -> str:
+    return request.url_rule.rule if request.url_rule is not None else UNMATCHED
+
+
+def render() -> bytes:
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry)
+    return generate_latest()
+
+
+def register_metrics(app: Quart) -> None:
+    @app.after_request
+    async def observe(response: Response) -> Response:
+        route = route_label()
+        REQUESTS.labels(request.method, route, str(response.status_code)).inc()
+        started = g.get("started")
+        if started is not None:
+            REQUEST_SECONDS.labels(request.method, route).observe(time.perf_counter() - started)
+        return response
+
+    @app.get("/metrics")
+    @tag(["operations"])
+    @text_response(CONTENT_TYPE_LATEST, "Prometheus text exposition format")
+    async def metrics() -> Response:
+        """Requests, upstream calls, the database pool and event-loop lag, for Prometheus."""
+        return Response(render(), content_type=CONTENT_TYPE_LATEST)
