@@ -42,6 +42,8 @@ def register_lifecycle(
         )
         app.extensions["database"] = database
         await database.start()
+        monitor.on_tick = database.report_pool
+        monitor.start()
 
     @app.after_serving
     async def close_resources() -> None:

@@ -6,6 +6,7 @@ MariaDB in a temporary directory on a free port (or uses TEST_DATABASE_URL).
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -68,6 +69,8 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
         "api_token": None,
         "cors_origins": "",
         "log_level": "info",
+        # above scheduling noise on a loaded 2-core CI machine; real routes take ms
+        "loop_block_threshold": 0.25,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
@@ -131,3 +134,27 @@ def service(
         API_TOKEN=E2E_TOKEN,
     ) as running:
         yield running
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture(autouse=True)
+def no_blocked_event_loop(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail any test during which an app saw its event loop blocked."""
+    collect = _Collect()
+    logger = logging.getLogger("app.loop_monitor")
+    logger.addHandler(collect)
+    try:
+        yield
+    finally:
+        logger.removeHandler(collect)
+    if request.node.get_closest_marker("allow_loop_block") is None and collect.records:
+        details = [getattr(record, "routes_in_flight", None) for record in collect.records]
+        pytest.fail(f"the event loop was blocked during this test; routes in flight: {details}")

@@ -1,0 +1,245 @@
+"""Readiness, metrics, the event-loop guard, upstream retries, rate limits and CORS."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import asyncmy
+import httpx
+import pytest
+import respx
+from prometheus_client.parser import text_string_to_metric_families
+from quart.testing import QuartClient
+
+from app import create_app
+from tests.conftest import UPSTREAM, make_settings
+from tests.e2e import free_port
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+async def scrape(client: QuartClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    response = await client.get("/metrics")
+    assert response.status_code == 200
+    assert response.content_type.startswith("text/plain")
+    return samples(await response.get_data(as_text=True))
+
+
+# --- readiness ------------------------------------------------------------------------
+
+
+async def test_ready_when_the_database_answers(client: QuartClient) -> None:
+    response = await client.get("/readyz")
+
+    assert response.status_code == 200
+    assert await response.get_json() == {"status": "ready"}
+
+
+async def test_not_ready_at_once_when_the_database_is_away() -> None:
+    app = create_app(make_settings(f"mysql://app:pw@127.0.0.1:{free_port()}/app"))
+
+    async with app.test_app() as running:
+        client = running.test_client()
+        started = time.monotonic()
+        ready = await client.get("/readyz")
+        elapsed = time.monotonic() - started
+        health = await client.get("/healthz")
+
+    assert ready.status_code == 503
+    assert ready.content_type == "application/problem+json"
+    assert elapsed < 3
+    assert health.status_code == 200
+
+
+# --- metrics --------------------------------------------------------------------------
+
+
+async def test_requests_are_counted_by_route_template_method_and_status(
+    client: QuartClient, db: asyncmy.Connection
+) -> None:
+    route = ("route", "/api/v1/users/<int:user_id>")
+    key = ("http_requests_total", (("method", "GET"), route, ("status", "404")))
+    before = (await scrape(client)).get(key, 0.0)
+
+    await client.get("/api/v1/users/123456")
+    await client.get("/api/v1/users/654321")
+    after = await scrape(client)
+
+    assert after[key] == before + 2
+    latency = ("http_request_duration_seconds_count", (("method", "GET"), route))
+    assert after[latency] >= 2
+
+
+async def test_unknown_paths_share_one_label(client: QuartClient) -> None:
+    await client.get("/scanner/probe/1")
+    await client.get("/scanner/probe/2")
+    text = await (await client.get("/metrics")).get_data(as_text=True)
+
+    assert "/scanner/probe" not in text
+    assert 'route="<unmatched>"' in text
+
+
+async def test_upstream_calls_are_counted_by_outcome(
+    client: QuartClient, respx_mock: respx.MockRouter
+) -> None:
+    respx_mock.get(f"{UPSTREAM}/posts/1").respond(
+        json={"userId": 1, "id": 1, "title": "t", "body": "b"}
+    )
+    respx_mock.get(f"{UPSTREAM}/posts/2").respond(404)
+    ok = ("upstream_calls_total", (("outcome", "ok"),))
+    not_found = ("upstream_calls_total", (("outcome", "not_found"),))
+    before = await scrape(client)
+
+    await client.get("/api/v1/posts?ids=1,2")
+    after = await scrape(client)
+
+    assert after[ok] == before.get(ok, 0) + 1
+    assert after[not_found] == before.get(not_found, 0) + 1
+    assert after[("upstream_call_duration_seconds_count", (("outcome", "ok"),))] >= 1
+
+
+async def test_pool_and_loop_lag_are_exported(client: QuartClient) -> None:
+    await asyncio.sleep(0.25)  # a probe tick or two
+
+    metrics = await scrape(client)
+
+    assert metrics[("db_pool_connections", ())] >= 1
+    assert ("db_pool_free_connections", ()) in metrics
+    assert 0 <= metrics[("event_loop_lag_seconds", ())] < 1
+
+
+# --- the event-loop guard -------------------------------------------------------------
+
+
+@pytest.mark.allow_loop_block
+async def test_blocking_the_loop_is_caught_and_names_the_route(
+    migrated: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = create_app(make_settings(migrated))
+
+    @app.get("/_sleepy")
+    async def sleepy() -> str:
+        time.sleep(0.4)  # noqa: ASYNC251 (the mistake this test is about)
+        return "done"
+
+    caplog.set_level(logging.WARNING, logger="app.loop_monitor")
+    async with app.test_app() as running:
+        client = running.test_client()
+        await asyncio.sleep(0.15)  # let the probe start
+        await client.get("/_sleepy")
+        await asyncio.sleep(0.15)
+
+    blocked = [record for record in caplog.records if record.message == "event loop blocked"]
+    assert blocked, "time.sleep in a route went unnoticed"
+    assert "/_sleepy" in blocked[0].routes_in_flight  # type: ignore[attr-defined]
+    assert blocked[0].blocked_ms >= 250  # type: ignore[attr-defined]
+
+
+# --- upstream retries -----------------------------------------------------------------
+
+
+async def test_a_refused_connection_is_tried_again(
+    client: QuartClient, respx_mock: respx.MockRouter
+) -> None:
+    post = {"userId": 1, "id": 3, "title": "t", "body": "b"}
+    route = respx_mock.get(f"{UPSTREAM}/posts/3").mock(
+        side_effect=[
+            httpx.ConnectError("refused"),
+            httpx.ReadError("reset"),
+            httpx.Response(200, json=post),
+        ]
+    )
+    retries = ("upstream_retries_total", ())
+    before = (await scrape(client)).get(retries, 0)
+
+    response = await client.get("/api/v1/posts/3")
+
+    assert response.status_code == 200
+    assert route.call_count == 3
+    assert (await scrape(client))[retries] == before + 2
+
+
+async def test_retries_are_bounded(client: QuartClient, respx_mock: respx.MockRouter) -> None:
+    route = respx_mock.get(f"{UPSTREAM}/posts/3").mock(side_effect=httpx.ConnectError("refused"))
+
+    response = await client.get("/api/v1/posts/3")
+
+    assert response.status_code == 502
+    assert route.call_count == 3
+
+
+@pytest.mark.parametrize(
+    "answer", [httpx.Response(500), httpx.Response(404), httpx.ReadTimeout("slow")]
+)
+async def test_answers_and_timeouts_are_not_retried(
+    client: QuartClient, respx_mock: respx.MockRouter, answer: httpx.Response | Exception
+) -> None:
+    route = respx_mock.get(f"{UPSTREAM}/posts/3")
+    if isinstance(answer, Exception):
+        route.mock(side_effect=answer)
+    else:
+        route.mock(return_value=answer)
+
+    await client.get("/api/v1/posts/3")
+
+    assert route.call_count == 1
+
+
+# --- rate limit and CORS --------------------------------------------------------------
+
+
+async def test_writes_past_the_limit_get_429_with_retry_after(
+    migrated: str, db: asyncmy.Connection
+) -> None:
+    app = create_app(make_settings(migrated, api_token="t", write_rate_limit="3/minute"))
+    headers = {"Authorization": "Bearer t"}
+
+    async with app.test_app() as running:
+        client = running.test_client()
+        statuses = [
+            (await client.delete(f"/api/v1/users/{n}", headers=headers)).status_code
+            for n in range(3)
+        ]
+        refused = await client.post(
+            "/api/v1/users", json={"name": "a", "email": "a@b.co"}, headers=headers
+        )
+        read = await client.get("/api/v1/users")
+
+    assert statuses == [404, 404, 404]
+    assert refused.status_code == 429
+    assert refused.content_type == "application/problem+json"
+    assert int(refused.headers["Retry-After"]) >= 1
+    assert read.status_code == 200
+    assert "RateLimit-Limit" not in read.headers
+
+
+async def test_cors_headers_only_for_configured_origins(migrated: str) -> None:
+    app = create_app(make_settings(migrated, cors_origins="https://app.example"))
+    preflight = {
+        "Origin": "https://app.example",
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization,content-type",
+    }
+
+    async with app.test_app() as running:
+        client = running.test_client()
+        allowed = await client.options("/api/v1/users", headers=preflight)
+        other = await client.get("/healthz", headers={"Origin": "https://evil.example"})
+
+    assert allowed.headers["Access-Control-Allow-Origin"] == "https://app.example"
+    assert "POST" in allowed.headers["Access-Control-Allow-Methods"]
+    assert "Access-Control-Allow-Origin" not in other.headers
+
+
+async def test_no_cors_headers_without_cors_origins(client: QuartClient) -> None:
+    response = await client.get("/healthz", headers={"Origin": "https://app.example"})
+
+    assert "Access-Control-Allow-Origin" not in response.headers
