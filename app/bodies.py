@@ -24,8 +24,8 @@ def require_json(func: F) -> F:
             raise ApiError(415, "Send the body as application/json.")
         try:
             await request.get_json()  # cached for validate_request
-        except BadRequest:
-            raise ApiError(400, "The body is not valid JSON.") from None
+        except (BadRequest, UnicodeDecodeError):
+            raise ApiError(400, "The body is not valid JSON (UTF-8).") from None
         return await func(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]

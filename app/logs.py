@@ -35,10 +35,11 @@ def configure_logging(level: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         JsonFormatter(
-            "{levelname}{name}{message}",
+            "{levelname}{name}{message}{process}",
             style="{",
             timestamp="time",
-            rename_fields={"levelname": "level", "name": "logger"},
+            # pid: with WORKERS > 1, which worker wrote the line
+            rename_fields={"levelname": "level", "name": "logger", "process": "pid"},
         )
     )
     handler.addFilter(RequestIdFilter())

@@ -66,6 +66,9 @@ class ProblemAwareOpenAPIProvider(OpenAPIProvider):
         func = self._app.view_functions[rule.endpoint]
         for operations in paths.values():
             for operation in operations.values():
+                if "requestBody" in operation:
+                    # quart-schema leaves this out; our JSON bodies are never optional
+                    operation["requestBody"]["required"] = True
                 responses = operation["responses"]
                 if getattr(func, NO_CONTENT_ATTRIBUTE, False):
                     responses[204] = {}

@@ -132,6 +132,8 @@ def service(
         DATABASE_URL=migrated,
         UPSTREAM_BASE_URL=stub,
         API_TOKEN=E2E_TOKEN,
+        # schemathesis writes hundreds of times a second; the limit has tests of its own
+        WRITE_RATE_LIMIT="1000000/minute",
     ) as running:
         yield running
 

@@ -113,6 +113,7 @@ def test_request_and_query_schemas_are_documented(spec: dict[str, Any]) -> None:
     operations = documented_operations(spec)
 
     create = operations[("post", "/api/v1/users")]
+    assert create["requestBody"]["required"] is True
     schema = create["requestBody"]["content"]["application/json"]["schema"]
     if "$ref" in schema:
         schema = spec["components"]["schemas"][schema["$ref"].rsplit("/", 1)[1]]

@@ -168,11 +168,10 @@ async def test_a_name_of_100_characters_is_allowed(api: QuartClient) -> None:
     assert len(user["name"]) == 100
 
 
-async def test_a_body_that_is_not_json_is_400(api: QuartClient) -> None:
+@pytest.mark.parametrize("body", [b'{"name": "Ada",', b"", b"\xff\xfe{}", b'"\xdb'])
+async def test_a_body_that_is_not_json_is_400(api: QuartClient, body: bytes) -> None:
     response = await api.post(
-        "/api/v1/users",
-        data=b'{"name": "Ada",',
-        headers={**AUTH, "Content-Type": "application/json"},
+        "/api/v1/users", data=body, headers={**AUTH, "Content-Type": "application/json"}
     )
 
     assert response.status_code == 400
