@@ -10,13 +10,14 @@ UV_VERSION := 0.13.8
 DEV_DB_DIR := .run/mariadb
 export DEV_DB_PORT ?= 3307
 
-.PHONY: help run test migrate lint format bench db-start db-stop lock clean
+.PHONY: help run test migrate lint format bench bench-quick soak db-start db-stop lock clean
 
 help:
 	@echo "make run      serve the app on http://$${HOST:-127.0.0.1}:$${PORT:-8000} (docs at /docs)"
 	@echo "make test     run the whole test suite against a real MariaDB"
 	@echo "make migrate  apply pending migrations    make lint   ruff + mypy"
 	@echo "make db-stop  stop the private MariaDB    make lock   re-pin requirements.lock"
+	@echo "make bench    this service against Flask and FastAPI (make bench-quick: ~1 min; make soak)"
 
 $(INSTALLED): requirements.lock
 	@test -x $(VENV)/bin/pip || $(PYTHON) -m venv --clear $(VENV)
@@ -74,14 +75,36 @@ format: $(INSTALLED)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-bench:
-	@echo "make bench: not built yet (issue 5); no figures are reported until it is." >&2; exit 2
+BENCH_INSTALLED := $(VENV)/.bench-installed
+$(BENCH_INSTALLED): $(INSTALLED) requirements-bench.lock
+	$(VENV)/bin/pip install --quiet --require-hashes --no-deps -r requirements-bench.lock
+	@touch $@
+
+define need_bench_tools
+	$(need_mariadbd); \
+	$(call need_package,wrk,wrk,make bench drives the apps with wrk (sudo apt-get install wrk)); \
+	$(call need_package,nginx-light libnginx-mod-http-echo,nginx,the benchmark upstream is nginx with the echo module (sudo apt-get install nginx-light libnginx-mod-http-echo))
+endef
+
+bench: $(BENCH_INSTALLED)
+	@$(need_bench_tools)
+	$(PY) -m bench.run $(BENCH_ARGS)
+
+bench-quick: $(BENCH_INSTALLED)
+	@$(need_bench_tools)
+	$(PY) -m bench.run --quick $(BENCH_ARGS)
+
+soak: $(BENCH_INSTALLED)
+	@$(need_bench_tools)
+	$(PY) -m bench.soak $(SOAK_ARGS)
 
 # Re-pin every dependency (with hashes) after editing pyproject.toml.
 lock:
 	@test -x .run/uv/bin/uv || { $(PYTHON) -m venv .run/uv && .run/uv/bin/pip install --quiet uv==$(UV_VERSION); }
 	.run/uv/bin/uv pip compile pyproject.toml --group dev --generate-hashes --python-version 3.11 \
 	  --no-header --quiet -o requirements.lock
+	.run/uv/bin/uv pip compile pyproject.toml --group bench --generate-hashes --python-version 3.11 \
+	  --constraint requirements.lock --no-header --quiet -o requirements-bench.lock
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -90,8 +90,8 @@ async def test_database_restart_under_traffic(tmp_path: Path) -> None:
         assert unavailable, "the drill never saw the database down"
         for answer in unavailable:
             assert answer.finished >= down_from
-            assert answer.started <= ready_at + 0.5, "503 after the database was back"
-        after = [answer.status for answer in answers if answer.started > ready_at + 0.5]
+            assert answer.started <= ready_at, "503 after the database was back"
+        after = [answer.status for answer in answers if answer.started > ready_at]
         assert len(after) >= 50
         assert all(status in {200, 404} for status in after)
         assert up_at <= ready_at

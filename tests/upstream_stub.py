@@ -116,7 +116,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="upstream stub on loopback")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--delay", type=float, default=0.0, help="seconds added to every call")
+    parser.add_argument("--uvloop", action="store_true", help="serve on uvloop (the benchmarks)")
     args = parser.parse_args()
+    if args.uvloop:
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     web.run_app(
         build_app(args.delay),
         host="127.0.0.1",
