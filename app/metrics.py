@@ -9,7 +9,6 @@ worker answers for all of them.
 from __future__ import annotations
 
 import os
-import time
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -20,7 +19,7 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
-from quart import Quart, Response, g, request
+from quart import Quart, Response
 from quart_schema import tag
 
 from app.openapi import text_response
@@ -61,10 +60,6 @@ LOOP_BLOCKED = Counter(
 UNMATCHED = "<unmatched>"
 
 
-def route_label() -> str:
-    return request.url_rule.rule if request.url_rule is not None else UNMATCHED
-
-
 def render() -> bytes:
     if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
         registry = CollectorRegistry()
@@ -73,16 +68,7 @@ def render() -> bytes:
     return generate_latest()
 
 
-def register_metrics(app: Quart) -> None:
-    @app.after_request
-    async def observe(response: Response) -> Response:
-        route = route_label()
-        REQUESTS.labels(request.method, route, str(response.status_code)).inc()
-        started = g.get("started")
-        if started is not None:
-            REQUEST_SECONDS.labels(request.method, route).observe(time.perf_counter() - started)
-        return response
-
+def register_metrics_route(app: Quart) -> None:
     @app.get("/metrics")
     @tag(["operations"])
     @text_response(CONTENT_TYPE_LATEST, "Prometheus text exposition format")

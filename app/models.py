@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    AfterValidator,
+    AwareDatetime,
     BaseModel,
     ConfigDict,
     EmailStr,
@@ -19,12 +18,6 @@ from pydantic import (
 MAX_BATCH_IDS = 100
 
 
-def _as_utc(value: datetime) -> datetime:
-    # MariaDB DATETIME is naive; every connection runs in UTC (app.db.INIT_COMMAND).
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
 Email = Annotated[EmailStr, StringConstraints(max_length=254)]
 
@@ -146,8 +139,9 @@ class User(BaseModel):
     id: int = Field(examples=[1])
     name: str = Field(examples=["Ada Lovelace"])
     email: str = Field(examples=["ada@example.com"])
-    created_at: UtcDatetime = Field(description="RFC 3339, UTC")
-    updated_at: UtcDatetime = Field(description="RFC 3339, UTC")
+    # The queries give these as RFC 3339 UTC text (app.queries.users.USER_COLUMNS).
+    created_at: AwareDatetime = Field(description="RFC 3339, UTC")
+    updated_at: AwareDatetime = Field(description="RFC 3339, UTC")
 
 
 class UserPage(BaseModel):

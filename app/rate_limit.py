@@ -16,20 +16,30 @@ from app.settings import parse_rate_limit
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
-async def _is_read() -> bool:
-    return request.method not in WRITE_METHODS
-
-
 class WriteRateLimiter(RateLimiter):
     def __init__(self, app: Quart, limit: str) -> None:
         count, period = parse_rate_limit(limit)
-        super().__init__(app, default_limits=[RateLimit(count, period)], skip_function=_is_read)
+        super().__init__(default_limits=[RateLimit(count, period)])
+        self.init_app(app)
+
+    def init_app(self, app: Quart, enabled: bool = True) -> None:
+        # The library's hooks run on every request; reads need none of them, and every
+        # request pays for each hook, so ours call the library's for writes only.
+        async def before_write() -> None:
+            if request.method in WRITE_METHODS:
+                await self._before_request()
+
+        async def after_write(response: Response) -> Response:
+            if request.method in WRITE_METHODS:
+                return await self._after_request(response)
+            return response
+
+        app.before_request(before_write)
+        app.after_request(after_write)
+        app.before_serving(self._before_serving)
+        app.after_serving(self._after_serving)
+        app.config.setdefault("QUART_RATE_LIMITER_ENABLED", enabled)
 
     async def _create_key(self, endpoint: str, rate_limit: RateLimit) -> str:
         # one budget per address for all write routes together
         return await super()._create_key("writes", rate_limit)
-
-    async def _after_request(self, response: Response) -> Response:
-        if request.method not in WRITE_METHODS:
-            return response
-        return await super()._after_request(response)

@@ -13,7 +13,7 @@ from app.models import UpstreamProblem, User
 from app.openapi import problems
 from app.problems import ApiError
 from app.queries.users import select_users
-from app.responses import json_response
+from app.serialization import json_response
 from app.upstream import UpstreamError
 
 DB_ROUTE_LIMIT = 1000

@@ -12,6 +12,15 @@ Row = dict[str, Any]
 # MariaDB's error for a duplicate key: here only users_email_key can raise it.
 DUPLICATE_KEY = 1062
 
+# Times leave the database as RFC 3339 UTC text (every connection runs in UTC): pydantic
+# then reads them in Rust, where a Python validator per naive datetime cost ~2 us a row.
+# '%%' because the statements take parameters.
+USER_COLUMNS = (
+    "id, name, email,"
+    " DATE_FORMAT(created_at, '%%Y-%%m-%%dT%%H:%%i:%%s.%%fZ') AS created_at,"
+    " DATE_FORMAT(updated_at, '%%Y-%%m-%%dT%%H:%%i:%%s.%%fZ') AS updated_at"
+)
+
 
 class EmailTaken(Exception):
     pass
@@ -20,8 +29,8 @@ class EmailTaken(Exception):
 async def select_users(connection: asyncmy.Connection, *, after: int = 0, limit: int) -> list[Row]:
     async with connection.cursor(DictCursor) as cursor:
         await cursor.execute(
-            "SELECT id, name, email, created_at, updated_at FROM users"
-            " WHERE id > %(after)s ORDER BY id LIMIT %(limit)s",
+            # only the constant USER_COLUMNS is formatted in; values are bound
+            f"SELECT {USER_COLUMNS} FROM users WHERE id > %(after)s ORDER BY id LIMIT %(limit)s",  # noqa: S608
             {"after": after, "limit": limit},
         )
         rows: list[Row] = await cursor.fetchall()
@@ -31,7 +40,7 @@ async def select_users(connection: asyncmy.Connection, *, after: int = 0, limit:
 async def select_user(connection: asyncmy.Connection, *, user_id: int) -> Row | None:
     async with connection.cursor(DictCursor) as cursor:
         await cursor.execute(
-            "SELECT id, name, email, created_at, updated_at FROM users WHERE id = %(id)s",
+            f"SELECT {USER_COLUMNS} FROM users WHERE id = %(id)s",  # noqa: S608
             {"id": user_id},
         )
         row: Row | None = await cursor.fetchone()

@@ -1,0 +1,89 @@
+"""What every request goes through: its id, its log line, its metrics, the loop guard.
+
+One before_request and one after_request hook do it all: each Quart hook and each look-up
+of `request` costs microseconds, and every request pays them.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+from quart import Quart, Response, request
+
+from app.logs import request_id_var
+from app.loop_monitor import LoopMonitor
+from app.metrics import REQUEST_SECONDS, REQUESTS, UNMATCHED
+
+REQUEST_ID_HEADER = "X-Request-ID"
+VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+access_log = logging.getLogger("app.access")
+
+
+# prometheus-client's labels() takes a lock and builds a key on every call; the label
+# sets here are few (route templates, not paths), so keep each child once found.
+@functools.cache
+def counter(method: str, route: str, status: int) -> Any:
+    return REQUESTS.labels(method, route, str(status))
+
+
+@functools.cache
+def histogram(method: str, route: str) -> Any:
+    return REQUEST_SECONDS.labels(method, route)
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+def register_observability(app: Quart, monitor: LoopMonitor) -> None:
+    @app.before_request
+    async def start() -> None:
+        current = request._get_current_object()  # type: ignore[attr-defined]
+        offered = current.headers.get(REQUEST_ID_HEADER)
+        if offered is None or not VALID_REQUEST_ID.fullmatch(offered):
+            offered = new_request_id()
+        request_id_var.set(offered)
+        route = current.url_rule.rule if current.url_rule is not None else UNMATCHED
+        current.scope["app.observed"] = (offered, route, time.perf_counter())
+        monitor.enter(route)
+
+    @app.after_request
+    async def finish(response: Response) -> Response:
+        current = request._get_current_object()  # type: ignore[attr-defined]
+        observed = current.scope.get("app.observed")
+        if not isinstance(observed, tuple):  # failed before `start` ran
+            observed = (new_request_id(), UNMATCHED, None)
+        request_id, route, started = observed
+        response.headers[REQUEST_ID_HEADER] = request_id
+        status = response.status_code
+        method = current.method
+        counter(method, route, status).inc()
+        duration = time.perf_counter() - started if started is not None else None
+        if duration is not None:
+            histogram(method, route).observe(duration)
+        if access_log.isEnabledFor(logging.INFO):
+            access_log.info(
+                "request",
+                extra={
+                    "request_id": request_id,
+                    "method": current.method,
+                    "path": current.path,
+                    "route": route if route != UNMATCHED else None,
+                    "status": status,
+                    "duration_ms": round(duration * 1000, 3) if duration is not None else None,
+                    "client": current.remote_addr,
+                },
+            )
+        return response
+
+    @app.teardown_request
+    async def leave(exc: BaseException | None) -> None:
+        observed = request.scope.get("app.observed")
+        if isinstance(observed, tuple):
+            monitor.leave(observed[1])
