@@ -9,8 +9,8 @@ from __future__ import annotations
 import functools
 import logging
 import re
+import secrets
 import time
-import uuid
 from typing import Any
 
 from quart import Quart, Response, request
@@ -38,7 +38,7 @@ def histogram(method: str, route: str) -> Any:
 
 
 def new_request_id() -> str:
-    return uuid.uuid4().hex
+    return secrets.token_hex(16)  # as random as uuid4().hex, without building a UUID
 
 
 def register_observability(app: Quart, monitor: LoopMonitor) -> None:

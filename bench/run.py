@@ -41,7 +41,9 @@ CONCURRENCY_LIMIT = 100  # UPSTREAM_MAX_CONCURRENCY, raised to the peers' connec
 
 OURS = "quart"
 PEERS = ("fastapi", "flask-blog")
-APPS = (OURS, *PEERS)
+# This very app under uvicorn instead of hypercorn: not a peer, the measure of hypercorn.
+SAME_APP_ON_UVICORN = "quart-on-uvicorn"
+APPS = (OURS, *PEERS, SAME_APP_ON_UVICORN)
 IDS = ",".join(str(n) for n in range(1, FAN_OUT + 1))
 
 
@@ -52,7 +54,11 @@ class Job:
     paths: dict[str, str]  # app -> path; an app without one skips the job
 
 
-JOBS = (
+def _ours_and_reference(paths: dict[str, str]) -> dict[str, str]:
+    return {**paths, SAME_APP_ON_UVICORN: paths[OURS]} if OURS in paths else paths
+
+
+_JOBS = (
     Job(
         "fan-out x10 @8",
         8,
@@ -79,6 +85,7 @@ JOBS = (
     Job("/db @64", 64, {OURS: "/db", "fastapi": "/db", "flask-blog": "/db"}),
     Job("/healthz @64", 64, {OURS: "/healthz", "fastapi": "/healthz", "flask-blog": "/healthz"}),
 )
+JOBS = tuple(Job(j.name, j.connections, _ours_and_reference(j.paths)) for j in _JOBS)
 
 
 @dataclass
@@ -185,9 +192,15 @@ def start_server(
         "BENCH_DB_PASSWORD": database.password,
         "BENCH_DB_NAME": database.database,
     }
-    if app == OURS:
-        # exactly what `make run` serves, settings from the environment
+    if app in (OURS, SAME_APP_ON_UVICORN):
+        # OURS: exactly what `make run` serves, settings from the environment
         command = [sys.executable, "-m", "app"]
+        if app == SAME_APP_ON_UVICORN:
+            command = [
+                sys.executable, "-m", "uvicorn", "app.asgi:app", "--port", str(port),
+                "--workers", "1", "--loop", "uvloop", "--http", "httptools", "--no-access-log",
+                "--backlog", "2048", "--log-level", "warning",
+            ]  # fmt: skip
         env |= {
             "DATABASE_URL": database.url,
             "UPSTREAM_BASE_URL": upstream.base,
@@ -353,7 +366,14 @@ def render(report: Report) -> str:
                 f"| {job.name} | {name} | {cells[0]:.0f} | {cells[1]:.1f} | {cells[2]:.1f} "
                 f"| {errs} | {non2} | {rss:.0f} |"
             )
-    lines += ["", "Ratio of this service's req/s to each peer's, per round:", ""]
+    lines += [
+        "",
+        f"{SAME_APP_ON_UVICORN} is this very app served by uvicorn instead of hypercorn: not a",
+        "peer, but the measure of what hypercorn costs.",
+        "",
+        "Ratio of this service's req/s to each peer's, per round:",
+        "",
+    ]
     lines += ["| job | vs fastapi | vs flask-blog |", "| --- | --- | --- |"]
     for job in JOBS:
         ratio_cells: list[str] = []
@@ -370,7 +390,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="1 round of 3 s: about a minute")
-    parser.add_argument("--apps", default=",".join(APPS))
+    parser.add_argument("--apps", default=",".join(APPS), help="comma-separated subset")
+    parser.add_argument("--jobs", default="", help="only jobs whose name contains this")
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.seconds, args.warmup = 1, 3, 1
@@ -403,7 +424,7 @@ def main() -> None:
                 server = start_server(app, database, upstream, workdir)
                 try:
                     for job in JOBS:
-                        if app in job.paths:
+                        if app in job.paths and args.jobs in job.name:
                             run = measure(server, job, args.seconds, args.warmup, round_)
                             report.runs.append(run)
                             print(json.dumps(asdict(run)), flush=True)
