@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import Counter, deque
 from collections.abc import Callable
 
@@ -46,13 +47,12 @@ class LoopMonitor:
                 await self._task
 
     async def _probe(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             # routes in flight when the probe went to sleep: one of them is the culprit
             suspects = sorted(self.in_flight)
-            before = loop.time()
+            before = time.monotonic()
             await asyncio.sleep(self.interval)
-            lag = max(0.0, loop.time() - before - self.interval)
+            lag = max(0.0, time.monotonic() - before - self.interval)
             LOOP_LAG.set(lag)
             if self.on_tick is not None:
                 self.on_tick()
@@ -72,4 +72,4 @@ class LoopMonitor:
         self.in_flight[route] -= 1
         if self.in_flight[route] <= 0:
             del self.in_flight[route]
-        self.finished.append((asyncio.get_running_loop().time(), route))
+        self.finished.append((time.monotonic(), route))
