@@ -61,8 +61,7 @@ def create_app(
     app.json = PydanticJSONProvider(app)
 
     monitor = LoopMonitor(threshold=settings.loop_block_threshold)
-    app.extensions["loop_monitor"] = monitor
-    register_lifecycle(app, settings, upstream_transport)
+    register_lifecycle(app, settings, upstream_transport, monitor)
     register_observability(app, monitor)
     register_metrics_route(app)
     WriteRateLimiter(app, settings.write_rate_limit)

@@ -20,10 +20,12 @@ log = logging.getLogger(__name__)
 
 
 def register_lifecycle(
-    app: Quart, settings: Settings, upstream_transport: httpx.AsyncBaseTransport | None
+    app: Quart,
+    settings: Settings,
+    upstream_transport: httpx.AsyncBaseTransport | None,
+    monitor: LoopMonitor,
 ) -> None:
     app.extensions["settings"] = settings
-    monitor: LoopMonitor = app.extensions["loop_monitor"]
 
     @app.before_serving
     async def open_resources() -> None:
