@@ -55,3 +55,6 @@ def configure_logging(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # httpx logs every upstream call at INFO: ten lines per fan-out, which the upstream
+    # metrics already count. Kept for LOG_LEVEL=debug.
+    logging.getLogger("httpx").setLevel(logging.DEBUG if level == "debug" else logging.WARNING)

@@ -13,6 +13,7 @@ connection pool (httpcore) collapses under concurrent fan-out (see the README).
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import time
 from typing import Any, Literal
@@ -70,6 +71,12 @@ def open_client(
     )
 
 
+@functools.cache
+def _outcome_metrics(outcome: str) -> tuple[Any, Any]:
+    # labels() takes a lock and builds a key each call; there are six outcomes
+    return UPSTREAM_CALLS.labels(outcome), UPSTREAM_SECONDS.labels(outcome)
+
+
 def _classify(error: httpx.TransportError) -> tuple[FailureCode, str]:
     # httpx-aiohttp maps most aiohttp connection errors (refused, reset, closed without an
     # answer) to httpx.ConnectTimeout, so judge by the aiohttp error underneath when there
@@ -108,8 +115,9 @@ class Upstream:
             outcome = error.code
             raise
         finally:
-            UPSTREAM_CALLS.labels(outcome).inc()
-            UPSTREAM_SECONDS.labels(outcome).observe(time.perf_counter() - started)
+            calls, seconds = _outcome_metrics(outcome)
+            calls.inc()
+            seconds.observe(time.perf_counter() - started)
 
     async def _get_json(self, url: str) -> Any:
         try:
