@@ -15,6 +15,9 @@ from pydantic import (
     model_validator,
 )
 
+# pydantic needs typing_extensions' TypedDict before Python 3.12
+from typing_extensions import TypedDict
+
 MAX_BATCH_IDS = 100
 
 
@@ -142,6 +145,16 @@ class User(BaseModel):
     # The queries give these as RFC 3339 UTC text (app.queries.users.USER_COLUMNS).
     created_at: AwareDatetime = Field(description="RFC 3339, UTC")
     updated_at: AwareDatetime = Field(description="RFC 3339, UTC")
+
+
+class UserRow(TypedDict):
+    """A users row as app.queries.users returns it: the shape of User, times as text."""
+
+    id: int
+    name: str
+    email: str
+    created_at: str
+    updated_at: str
 
 
 class UserPage(BaseModel):

@@ -33,8 +33,8 @@ async def select_users(connection: asyncmy.Connection, *, after: int = 0, limit:
             f"SELECT {USER_COLUMNS} FROM users WHERE id > %(after)s ORDER BY id LIMIT %(limit)s",  # noqa: S608
             {"after": after, "limit": limit},
         )
-        rows: list[Row] = await cursor.fetchall()
-        return rows
+        # asyncmy gives a tuple when there is no row, a list otherwise
+        return list(await cursor.fetchall())
 
 
 async def select_user(connection: asyncmy.Connection, *, user_id: int) -> Row | None:
