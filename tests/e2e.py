@@ -87,6 +87,8 @@ class Service:
 def start_service(workdir: Path, **settings: str) -> Service:
     """`python -m app` (hypercorn) in a clean environment, with `workdir` as cwd (no .env)."""
     port = settings.setdefault("PORT", str(free_port()))
+    # as in the in-process tests: above the scheduling noise of a loaded 2-core CI machine
+    settings.setdefault("LOOP_BLOCK_THRESHOLD", "0.25")
     log_path = workdir / f"service-{port}.log"
     with log_path.open("wb") as log, (workdir / f"service-{port}.out").open("wb") as out:
         process = subprocess.Popen(
