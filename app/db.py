@@ -87,7 +87,7 @@ class Database:
                 log.info("migrations applied", extra={"migrations": applied})
         # autocommit=True: with it off every read leaves a transaction open, and the pool
         # closes a connection released inside a transaction, so each query would open a
-        # new one. Writes that span statements use explicit transactions instead.
+        # new one. A write that spans statements would need an explicit transaction.
         self.pool = await asyncmy.create_pool(
             minsize=self.minsize,
             maxsize=self.maxsize,

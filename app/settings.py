@@ -77,8 +77,10 @@ class Settings(BaseSettings):
     @field_validator("write_rate_limit")
     @classmethod
     def _rate_limit_form(cls, value: str) -> str:
-        if not RATE_LIMIT.match(value):
-            raise ValueError("expected COUNT/UNIT, UNIT one of second, minute, hour, day")
+        try:
+            parse_rate_limit(value)
+        except ValueError:
+            raise ValueError("expected COUNT/UNIT, UNIT one of second, minute, hour, day") from None
         return value
 
     @field_validator("database_url")

@@ -16,7 +16,8 @@ import asyncio
 import functools
 import random
 import time
-from typing import Any, Literal
+from collections.abc import Awaitable
+from typing import Any, Literal, TypeVar
 
 import aiohttp
 import httpx
@@ -26,6 +27,8 @@ from pydantic import ValidationError
 from app.metrics import UPSTREAM_CALLS, UPSTREAM_RETRIES, UPSTREAM_SECONDS
 from app.models import Post
 from app.settings import Settings
+
+T = TypeVar("T")
 
 FailureCode = Literal["not_found", "timeout", "unreachable", "upstream_error", "bad_response"]
 
@@ -69,6 +72,14 @@ def open_client(
         follow_redirects=False,
         headers={"Accept": "application/json", "User-Agent": "quart-async-demo"},
     )
+
+
+async def _settled(call: Awaitable[T]) -> T | UpstreamError:
+    """The call's result, or its UpstreamError as a value: one failure never fails a batch."""
+    try:
+        return await call
+    except UpstreamError as error:
+        return error
 
 
 @functools.cache
@@ -156,14 +167,7 @@ class Upstream:
 
     async def get_all(self, urls: list[str]) -> list[Any | UpstreamError]:
         """Fetch every URL at once; each slot holds the body or the UpstreamError, in order."""
-
-        async def settle(url: str) -> Any | UpstreamError:
-            try:
-                return await self.get_json(url)
-            except UpstreamError as error:
-                return error
-
-        return await asyncio.gather(*(settle(url) for url in urls))
+        return await asyncio.gather(*(_settled(self.get_json(url)) for url in urls))
 
     def post_url(self, post_id: int) -> str:
         # Built only from configuration and an integer: no client picks the address.
@@ -182,12 +186,5 @@ class Upstream:
     async def get_posts(self, post_ids: list[int]) -> dict[int, Post | UpstreamError]:
         """Each distinct id fetched once, all at once, within the concurrency bound."""
         unique = list(dict.fromkeys(post_ids))
-
-        async def settle(post_id: int) -> Post | UpstreamError:
-            try:
-                return await self.get_post(post_id)
-            except UpstreamError as error:
-                return error
-
-        results = await asyncio.gather(*(settle(post_id) for post_id in unique))
+        results = await asyncio.gather(*(_settled(self.get_post(post_id)) for post_id in unique))
         return dict(zip(unique, results, strict=True))

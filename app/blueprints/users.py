@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import TypeAdapter
 from quart import Blueprint, Response, url_for
 from quart_schema import (
@@ -38,6 +40,12 @@ def _not_found(user_id: int) -> ApiError:
     return ApiError(404, f"There is no user {user_id}.")
 
 
+def _found(row: dict[str, Any] | None, user_id: int) -> User:
+    if row is None:
+        raise _not_found(user_id)
+    return User.model_validate(row)
+
+
 def _email_taken() -> ApiError:
     return ApiError(409, "Another user has this email address (emails ignore case).")
 
@@ -72,9 +80,7 @@ async def get_user(user_id: int) -> User:
     """One user."""
     async with get_database().connection() as connection:
         row = await select_user(connection, user_id=user_id)
-    if row is None:
-        raise _not_found(user_id)
-    return User.model_validate(row)
+    return _found(row, user_id)
 
 
 @blueprint.post("/users")
@@ -111,9 +117,7 @@ async def patch_user(user_id: int, data: UserPatch) -> User:
         except EmailTaken:
             raise _email_taken() from None
         row = await select_user(connection, user_id=user_id)
-    if row is None:
-        raise _not_found(user_id)
-    return User.model_validate(row)
+    return _found(row, user_id)
 
 
 @blueprint.delete("/users/<int:user_id>")
