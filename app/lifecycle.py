@@ -42,6 +42,7 @@ def register_lifecycle(
         )
         app.extensions["database"] = database
         await database.start()
+        app.extensions["QUART_SCHEMA"].openapi_provider.schema()  # built now, not per request
         monitor.on_tick = database.report_pool
         monitor.start()
 
