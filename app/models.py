@@ -157,6 +157,13 @@ class UserRow(TypedDict):
     updated_at: str
 
 
+class UserRowPage(TypedDict):
+    """UserPage as the list route builds it: rows straight from the query, not models."""
+
+    items: list[UserRow]
+    next_after: int | None
+
+
 class UserPage(BaseModel):
     items: list[User]
     next_after: int | None = Field(

@@ -358,6 +358,8 @@ def render(report: Report) -> str:
             if app not in job.paths:
                 continue
             cells = [median(report.runs, app, job.name, a) for a in ("rps", "p50_ms", "p99_ms")]
+            if cells[0] is None:  # not run: --apps or --jobs left it out
+                continue
             errs = sum(r.errors for r in report.runs if (r.app, r.job) == (app, job.name))
             non2 = sum(r.non_2xx for r in report.runs if (r.app, r.job) == (app, job.name))
             rss = median(report.runs, app, job.name, "rss_mb")

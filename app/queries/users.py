@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import asyncmy
 from asyncmy.cursors import DictCursor
 
-Row = dict[str, Any]
+from app.models import UserRow
 
 # MariaDB's error for a duplicate key: here only users_email_key can raise it.
 DUPLICATE_KEY = 1062
@@ -26,7 +24,9 @@ class EmailTaken(Exception):
     pass
 
 
-async def select_users(connection: asyncmy.Connection, *, after: int = 0, limit: int) -> list[Row]:
+async def select_users(
+    connection: asyncmy.Connection, *, after: int = 0, limit: int
+) -> list[UserRow]:
     async with connection.cursor(DictCursor) as cursor:
         await cursor.execute(
             # only the constant USER_COLUMNS is formatted in; values are bound
@@ -37,13 +37,13 @@ async def select_users(connection: asyncmy.Connection, *, after: int = 0, limit:
         return list(await cursor.fetchall())
 
 
-async def select_user(connection: asyncmy.Connection, *, user_id: int) -> Row | None:
+async def select_user(connection: asyncmy.Connection, *, user_id: int) -> UserRow | None:
     async with connection.cursor(DictCursor) as cursor:
         await cursor.execute(
             f"SELECT {USER_COLUMNS} FROM users WHERE id = %(id)s",  # noqa: S608
             {"id": user_id},
         )
-        row: Row | None = await cursor.fetchone()
+        row: UserRow | None = await cursor.fetchone()
         return row
 
 
