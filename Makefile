@@ -10,7 +10,7 @@ UV_VERSION := 0.13.8
 DEV_DB_DIR := .run/mariadb
 export DEV_DB_PORT ?= 3307
 
-.PHONY: help run test migrate lint format bench bench-quick soak db-start db-stop lock clean
+.PHONY: help run test migrate lint format bench bench-quick bench-instructions soak db-start db-stop lock clean
 
 help:
 	@echo "make run      serve the app on http://$${HOST:-127.0.0.1}:$${PORT:-8000} (docs at /docs)"
@@ -93,6 +93,10 @@ bench: $(BENCH_INSTALLED)
 bench-quick: $(BENCH_INSTALLED)
 	@$(need_bench_tools)
 	$(PY) -m bench.run --quick $(BENCH_ARGS)
+
+bench-instructions: $(BENCH_INSTALLED)
+	@$(need_bench_tools); $(call need_package,valgrind,valgrind,counting instructions needs valgrind (sudo apt-get install valgrind))
+	$(PY) -m bench.instructions $(BENCH_ARGS)
 
 soak: $(BENCH_INSTALLED)
 	@$(need_bench_tools)

@@ -181,7 +181,10 @@ def start_server(
     upstream: Upstream,
     logdir: Path,
     extra_env: dict[str, str] | None = None,
+    prefix: tuple[str, ...] = (),
+    ready_within: float = 30,
 ) -> Server:
+    """Start `app` on a free port; `prefix` runs it under another program (valgrind)."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "API_TOKEN"}}
     env["PYTHONPATH"] = str(REPO)
@@ -227,9 +230,9 @@ def start_server(
         env |= db_env | {"BENCH_UPSTREAM_URLS": urls}
     env |= extra_env or {}
     log = (logdir / f"{app}.log").open("ab")
-    process = subprocess.Popen(command, env=env, cwd=REPO, stdout=log, stderr=log)
+    process = subprocess.Popen([*prefix, *command], env=env, cwd=REPO, stdout=log, stderr=log)
     server = Server(app, port, process)
-    wait_for(f"{server.base}/healthz", process)
+    wait_for(f"{server.base}/healthz", process, timeout=ready_within)
     return server
 
 

@@ -1,0 +1,162 @@
+"""`make bench-instructions`: CPU instructions per request, counted by valgrind's callgrind.
+
+Requests per second on a shared machine swing by a third from one run to the next; an
+instruction count does not (the same build given the same requests counts the same,
+within a percent, whatever else the machine is doing). Each app is started under
+callgrind (about fifty times slower, hence a few hundred requests per job), warmed up,
+its counters zeroed, sent N requests, 8 at a time, from this process, and its counters
+dumped: instructions per request is the dump's total over N. Only the server process is
+counted: not the upstream, not MariaDB, not the client. The Flask original is left out
+(gunicorn's worker is a child process). Fewer instructions per request is what lets one
+process serve more; the wall-clock figures stay in `make bench`.
+
+    python -m bench.instructions [--apps quart,fastapi,quart-on-uvicorn] [--requests 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+
+from app.devdb import PrivateMariaDB
+from bench.run import (
+    JOBS,
+    OURS,
+    RESULTS,
+    SAME_APP_ON_UVICORN,
+    Server,
+    Upstream,
+    seed,
+    start_server,
+)
+from tests.e2e import free_port
+
+APPS = (OURS, "fastapi", SAME_APP_ON_UVICORN)
+AT_ONCE = 8
+WARM_UP = 30
+
+
+async def drive(url: str, requests: int) -> None:
+    """`requests` GETs of `url`, AT_ONCE at a time; every answer must be a 200."""
+    limits = httpx.Limits(max_connections=AT_ONCE)
+    async with httpx.AsyncClient(timeout=300, limits=limits) as client:
+        slots = asyncio.Semaphore(AT_ONCE)
+
+        async def one() -> int:
+            async with slots:
+                return (await client.get(url)).status_code
+
+        statuses = await asyncio.gather(*(one() for _ in range(requests)))
+    refused = [status for status in statuses if status != 200]
+    if refused:
+        sys.exit(f"{url}: {len(refused)} answers were not 200 (first: {refused[0]})")
+
+
+def callgrind_control(option: str, pid: int) -> None:
+    program = shutil.which("callgrind_control") or "/usr/bin/callgrind_control"
+    subprocess.run([program, option, str(pid)], check=True, capture_output=True)
+
+
+def dumped_total(outdir: Path, pid: int, before: set[Path]) -> int:
+    """The instruction total of the dump callgrind_control -d just asked pid to write."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        for dump in set(outdir.glob(f"callgrind.{pid}.*")) - before:
+            for line in dump.read_text(errors="replace").splitlines():
+                if line.startswith("summary:"):
+                    return int(line.split()[1])
+        time.sleep(0.2)
+    sys.exit(f"callgrind wrote no dump for pid {pid}")
+
+
+def count(server: Server, path: str, requests: int, outdir: Path) -> float:
+    url = server.base + path
+    pid = server.process.pid
+    asyncio.run(drive(url, WARM_UP))
+    callgrind_control("-z", pid)
+    asyncio.run(drive(url, requests))
+    before = set(outdir.glob(f"callgrind.{pid}.*"))
+    callgrind_control("-d", pid)
+    return dumped_total(outdir, pid, before) / requests
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--apps", default=",".join(APPS), help="comma-separated subset")
+    parser.add_argument("--requests", type=int, default=300, help="per job; fan-outs get 1/5")
+    args = parser.parse_args()
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        sys.exit("valgrind not found: apt-get install valgrind")
+    apps = [app for app in APPS if app in args.apps.split(",")]
+
+    workdir = Path(tempfile.mkdtemp(prefix="bench-instructions-"))
+    database = PrivateMariaDB(workdir / "mariadb", port=free_port(), database="bench")
+    upstream = Upstream(workdir)
+    prefix = (
+        shutil.which("valgrind") or "/usr/bin/valgrind",
+        "--tool=callgrind",
+        f"--callgrind-out-file={workdir}/callgrind.%p",
+    )
+    # under callgrind every tick of the loop monitor would look like a blocked loop
+    slow = {"LOOP_BLOCK_THRESHOLD": "60", "UPSTREAM_TIMEOUT": "60"}
+    counts: dict[str, dict[str, float]] = {}
+    try:
+        database.start()
+        seed(database)
+        upstream.start()
+        for app in apps:
+            server = start_server(app, database, upstream, workdir, slow, prefix, 600)
+            try:
+                for job in JOBS:
+                    if app not in job.paths or job.name == "fan-out x10 @64":
+                        continue  # the same route as at 8; how many at once barely counts
+                    name = job.name.rsplit(" @", 1)[0]
+                    n = args.requests // 5 if "fan-out" in name else args.requests
+                    per_request = count(server, job.paths[app], n, workdir)
+                    counts.setdefault(name, {})[app] = per_request
+                    print(json.dumps({"app": app, "job": name, "instructions": per_request}))
+            finally:
+                server.stop()
+    finally:
+        upstream.stop()
+        database.stop()
+
+    table = render(counts, apps, args.requests)
+    print("\n" + table)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "instructions.md").write_text(table)
+    (RESULTS / "instructions.json").write_text(json.dumps(counts, indent=2) + "\n")
+    print("written: bench/results/instructions.md, bench/results/instructions.json")
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+def render(counts: dict[str, dict[str, float]], apps: list[str], requests: int) -> str:
+    started = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        f"# Instructions per request, {started}",
+        "",
+        f"Counted by valgrind's callgrind in the server process only, over {requests} "
+        f"requests per job ({requests // 5} for the fan-out), {AT_ONCE} at a time, after "
+        f"{WARM_UP} to warm up. Millions of instructions; fewer is better.",
+        "",
+        "| job | " + " | ".join(apps) + " |",
+        "| --- |" + " ---: |" * len(apps),
+    ]
+    for job, by_app in counts.items():
+        cells = [f"{by_app[app] / 1e6:.2f}" if app in by_app else "-" for app in apps]
+        lines.append(f"| {job} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
