@@ -17,7 +17,8 @@ help:
 	@echo "make test     run the whole test suite against a real MariaDB"
 	@echo "make migrate  apply pending migrations    make lint   ruff + mypy"
 	@echo "make db-stop  stop the private MariaDB    make lock   re-pin requirements.lock"
-	@echo "make bench    this service against Flask and FastAPI (make bench-quick: ~1 min; make soak)"
+	@echo "make bench    this service against Flask and FastAPI (make bench-quick: ~2 min;"
+	@echo "              make bench-instructions: instructions per request; make soak)"
 
 $(INSTALLED): requirements.lock
 	@test -x $(VENV)/bin/pip || $(PYTHON) -m venv --clear $(VENV)
