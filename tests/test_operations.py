@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from quart.testing import QuartClient
 
 from app import create_app
+from app.loop_monitor import LoopMonitor
 from tests.conftest import UPSTREAM, make_settings
 from tests.e2e import free_port
 
@@ -145,6 +146,42 @@ async def test_blocking_the_loop_is_caught_and_names_the_route(
     assert blocked, "time.sleep in a route went unnoticed"
     assert "/_sleepy" in blocked[0].routes_in_flight  # type: ignore[attr-defined]
     assert blocked[0].blocked_ms >= 250  # type: ignore[attr-defined]
+
+
+class FakeSchedstat:
+    """The thread's CPU wait as Linux would report it: `starved` seconds per stall."""
+
+    def __init__(self, starved: float) -> None:
+        self.starved = starved
+        self.total = 0.0
+
+    def __call__(self) -> float:
+        return self.total
+
+    def stall(self, seconds: float) -> None:
+        time.sleep(seconds)  # the loop must really be late
+        self.total += min(self.starved, seconds)
+
+
+@pytest.mark.allow_loop_block
+@pytest.mark.parametrize(("starved", "reported"), [(0.0, True), (0.4, False)])
+async def test_a_late_loop_counts_as_blocked_only_for_the_time_it_had_a_cpu(
+    caplog: pytest.LogCaptureFixture, starved: float, reported: bool
+) -> None:
+    schedstat = FakeSchedstat(starved)
+    monitor = LoopMonitor(threshold=0.2, interval=0.05, cpu_wait=schedstat)
+    caplog.set_level(logging.WARNING, logger="app.loop_monitor")
+    monitor.start()
+    await asyncio.sleep(0.1)
+    schedstat.stall(0.4)
+    await asyncio.sleep(0.1)
+    await monitor.stop()
+
+    blocked = [record for record in caplog.records if record.message == "event loop blocked"]
+    assert bool(blocked) is reported
+    if blocked:
+        assert blocked[0].blocked_ms >= 300  # type: ignore[attr-defined]
+        assert blocked[0].waited_for_cpu_ms == 0  # type: ignore[attr-defined]
 
 
 # --- upstream retries -----------------------------------------------------------------
