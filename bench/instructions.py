@@ -44,6 +44,8 @@ from tests.e2e import free_port
 APPS = (OURS, "fastapi", SAME_APP_ON_UVICORN)
 AT_ONCE = 8
 WARM_UP = 30
+VALGRIND = shutil.which("valgrind") or "/usr/bin/valgrind"
+CALLGRIND_CONTROL = shutil.which("callgrind_control") or "/usr/bin/callgrind_control"
 
 
 async def drive(url: str, requests: int) -> None:
@@ -63,8 +65,7 @@ async def drive(url: str, requests: int) -> None:
 
 
 def callgrind_control(option: str, pid: int) -> None:
-    program = shutil.which("callgrind_control") or "/usr/bin/callgrind_control"
-    subprocess.run([program, option, str(pid)], check=True, capture_output=True)
+    subprocess.run([CALLGRIND_CONTROL, option, str(pid)], check=True, capture_output=True)
 
 
 def dumped_total(outdir: Path, pid: int, before: set[Path]) -> int:
@@ -95,18 +96,15 @@ def main() -> None:
     parser.add_argument("--apps", default=",".join(APPS), help="comma-separated subset")
     parser.add_argument("--requests", type=int, default=300, help="per job; fan-outs get 1/5")
     args = parser.parse_args()
-    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+    if not (Path(VALGRIND).exists() and Path(CALLGRIND_CONTROL).exists()):
         sys.exit("valgrind not found: apt-get install valgrind")
+    started = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     apps = [app for app in APPS if app in args.apps.split(",")]
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-instructions-"))
     database = PrivateMariaDB(workdir / "mariadb", port=free_port(), database="bench")
     upstream = Upstream(workdir)
-    prefix = (
-        shutil.which("valgrind") or "/usr/bin/valgrind",
-        "--tool=callgrind",
-        f"--callgrind-out-file={workdir}/callgrind.%p",
-    )
+    prefix = (VALGRIND, "--tool=callgrind", f"--callgrind-out-file={workdir}/callgrind.%p")
     # under callgrind every tick of the loop monitor would look like a blocked loop
     slow = {"LOOP_BLOCK_THRESHOLD": "60", "UPSTREAM_TIMEOUT": "60"}
     counts: dict[str, dict[str, float]] = {}
@@ -131,7 +129,7 @@ def main() -> None:
         upstream.stop()
         database.stop()
 
-    table = render(counts, apps, args.requests)
+    table = render(counts, apps, args.requests, started)
     print("\n" + table)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "instructions.md").write_text(table)
@@ -140,8 +138,9 @@ def main() -> None:
     shutil.rmtree(workdir, ignore_errors=True)
 
 
-def render(counts: dict[str, dict[str, float]], apps: list[str], requests: int) -> str:
-    started = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+def render(
+    counts: dict[str, dict[str, float]], apps: list[str], requests: int, started: str
+) -> str:
     lines = [
         f"# Instructions per request, {started}",
         "",

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import asyncmy
 import httpx
@@ -20,7 +18,7 @@ from quart.testing import QuartClient
 from app import create_app
 from app.loop_monitor import LoopMonitor
 from tests.conftest import UPSTREAM, make_settings
-from tests.e2e import free_port
+from tests.e2e import clean_environ, free_port
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -286,17 +284,13 @@ async def test_no_cors_headers_without_cors_origins(client: QuartClient) -> None
     assert "Access-Control-Allow-Origin" not in response.headers
 
 
-def test_a_server_process_leaves_its_start_up_objects_out_of_garbage_collection(
-    repo_root: Path,
-) -> None:
+def test_a_server_process_leaves_its_start_up_objects_out_of_garbage_collection() -> None:
     # app.asgi is what every server process loads; a full collection that walks tens of
     # thousands of start-up objects stalls every request in flight for ~100 ms.
     program = "import gc, app.asgi; print(gc.get_freeze_count())"
-    env = {**os.environ, "DATABASE_URL": "mysql://app:secret@127.0.0.1:1/app"}
     result = subprocess.run(
         [sys.executable, "-c", program],
-        cwd=repo_root,
-        env=env,
+        env=clean_environ(DATABASE_URL="mysql://app:secret@127.0.0.1:1/app"),
         capture_output=True,
         text=True,
         check=True,
