@@ -25,7 +25,9 @@ def require_json(func: F) -> F:
         try:
             await request.get_json()  # cached for validate_request
         except (BadRequest, UnicodeDecodeError):
-            raise ApiError(400, "The body is not valid JSON (UTF-8).") from None
+            raise ApiError(
+                400, "The body is not valid JSON (UTF-8, nested at most 200 levels deep)."
+            ) from None
         return await func(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]

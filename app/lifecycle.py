@@ -35,6 +35,7 @@ def register_lifecycle(
             base_url=str(settings.upstream_base_url),
             timeout=settings.upstream_timeout,
             max_concurrency=settings.upstream_max_concurrency,
+            max_body_bytes=settings.upstream_max_body_bytes,
         )
         assert settings.database_url is not None  # create_app refuses to build without one
         database = Database(

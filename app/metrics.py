@@ -8,6 +8,7 @@ worker answers for all of them.
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 from prometheus_client import (
@@ -74,4 +75,5 @@ def register_metrics_route(app: Quart) -> None:
     @text_response(CONTENT_TYPE_LATEST, "Prometheus text exposition format")
     async def metrics() -> Response:
         """Requests, upstream calls, the database pool and event-loop lag, for Prometheus."""
-        return Response(render(), content_type=CONTENT_TYPE_LATEST)
+        # In a thread: with several workers it reads every worker's file from disk.
+        return Response(await asyncio.to_thread(render), content_type=CONTENT_TYPE_LATEST)

@@ -21,12 +21,15 @@ from app.metrics import REQUEST_SECONDS, REQUESTS, UNMATCHED
 
 REQUEST_ID_HEADER = "X-Request-ID"
 VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+# Any token is a valid method name; a label per name would let any client add series.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"})
 
 access_log = logging.getLogger("app.access")
 
 
 # prometheus-client's labels() takes a lock and builds a key on every call; the label
-# sets here are few (route templates, not paths), so keep each child once found.
+# sets here are few and bounded (route templates, known methods, statuses), so keep each
+# child once found.
 @functools.cache
 def counter(method: str, route: str, status: int) -> Any:
     return REQUESTS.labels(method, route, str(status))
@@ -64,7 +67,7 @@ def register_observability(app: Quart, monitor: LoopMonitor) -> None:
         request_id, route, started = observed
         response.headers[REQUEST_ID_HEADER] = request_id
         status = response.status_code
-        method = current.method
+        method = current.method if current.method in METHODS else "other"
         counter(method, route, status).inc()
         duration = time.perf_counter() - started if started is not None else None
         if duration is not None:

@@ -4,6 +4,9 @@ The library keys a limit per route; the spec counts every write of an address
 together, so the key leaves the route out. Reads are never limited and carry no
 RateLimit-* headers. The store is the library's in-memory one: per process, so with
 WORKERS=N or several instances each keeps its own count (see the README).
+
+A client is the address of the connection's peer. The library's default believes the
+left-most `X-Forwarded-For` address, which any client can invent to escape its budget.
 """
 
 from __future__ import annotations
@@ -16,10 +19,14 @@ from app.settings import parse_rate_limit
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
+async def peer_address() -> str:
+    return request.remote_addr or ""
+
+
 class WriteRateLimiter(RateLimiter):
     def __init__(self, app: Quart, limit: str) -> None:
         count, period = parse_rate_limit(limit)
-        super().__init__(default_limits=[RateLimit(count, period)])
+        super().__init__(default_limits=[RateLimit(count, period)], key_function=peer_address)
         self.init_app(app)
 
     def init_app(self, app: Quart, enabled: bool = True) -> None:

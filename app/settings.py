@@ -44,12 +44,15 @@ class Settings(BaseSettings):
     database_url: MySQLDsn | None = Field(default=None, repr=False)  # holds the password
     db_pool_min: int = Field(default=1, ge=0, le=1000)
     db_pool_max: int = Field(default=10, ge=1, le=1000)
+    db_query_timeout: float = Field(default=5.0, gt=0, le=3600)
+    db_pool_timeout: float = Field(default=2.0, gt=0, le=3600)
 
     upstream_base_url: HttpUrl = HttpUrl("https://jsonplaceholder.typicode.com")
     # Empty means "posts 1 and 2 of upstream_base_url", resolved below.
     upstream_urls: Annotated[list[HttpUrl], NoDecode] = Field(default_factory=list)
     upstream_timeout: float = Field(default=5.0, gt=0, le=300)
     upstream_max_concurrency: int = Field(default=50, ge=1, le=10_000)
+    upstream_max_body_bytes: int = Field(default=1024 * 1024, ge=1024, le=1024**3)
 
     api_token: SecretStr | None = None
 

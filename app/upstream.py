@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import http.cookiejar
 import random
 import time
 from collections.abc import Awaitable
@@ -23,6 +24,7 @@ import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
 from pydantic import ValidationError
+from pydantic_core import from_json
 
 from app.metrics import UPSTREAM_CALLS, UPSTREAM_RETRIES, UPSTREAM_SECONDS
 from app.models import Post
@@ -57,6 +59,30 @@ class UpstreamError(Exception):
         return STATUS_FOR[self.code]
 
 
+class NoCookies(http.cookiejar.CookiePolicy):
+    """A cookie policy that stores nothing and sends nothing.
+
+    The client is shared by every request: a cookie one upstream answer sets would go
+    out on calls made for other users.
+    """
+
+    netscape = True
+    rfc2965 = False
+    hide_cookie2 = True
+
+    def set_ok(self, cookie: http.cookiejar.Cookie, request: Any) -> bool:
+        return False
+
+    def return_ok(self, cookie: http.cookiejar.Cookie, request: Any) -> bool:
+        return False
+
+    def domain_return_ok(self, domain: str, request: Any) -> bool:
+        return False
+
+    def path_return_ok(self, path: str, request: Any) -> bool:
+        return False
+
+
 def open_client(
     settings: Settings, transport: httpx.AsyncBaseTransport | None = None
 ) -> httpx.AsyncClient:
@@ -65,13 +91,56 @@ def open_client(
         max_connections=settings.upstream_max_concurrency,
         max_keepalive_connections=settings.upstream_max_concurrency,
     )
+    if transport is None:
+        # aiohttp keeps cookies of its own unless given a jar that holds none.
+        def session() -> aiohttp.ClientSession:
+            return aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(
+                    limit=settings.upstream_max_concurrency,
+                    keepalive_timeout=limits.keepalive_expiry,
+                ),
+                cookie_jar=aiohttp.DummyCookieJar(),
+            )
+
+        transport = AiohttpTransport(limits=limits, client=session)
     return httpx.AsyncClient(
-        transport=transport if transport is not None else AiohttpTransport(limits=limits),
+        transport=transport,
         limits=limits,
         timeout=httpx.Timeout(settings.upstream_timeout),
         follow_redirects=False,
-        headers={"Accept": "application/json", "User-Agent": "quart-async-demo"},
+        cookies=http.cookiejar.CookieJar(policy=NoCookies()),
+        headers={
+            "Accept": "application/json",
+            # Bodies are counted as they arrive; a compressed one could grow a thousandfold
+            # in one chunk before it was counted, so none is asked for (see _read_capped).
+            "Accept-Encoding": "identity",
+            "User-Agent": "quart-async-demo",
+        },
     )
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class UnaskedEncoding(Exception):
+    pass
+
+
+async def _read_capped(response: httpx.Response, limit: int) -> bytes:
+    """The body, read as it streams; BodyTooLarge as soon as it passes `limit` bytes."""
+    encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise UnaskedEncoding(encoding)
+    declared = response.headers.get("Content-Length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge
+    body = bytearray()
+    async for chunk in response.aiter_raw():
+        body += chunk
+        if len(body) > limit:
+            raise BodyTooLarge
+    return bytes(body)
 
 
 async def _settled(call: Awaitable[T]) -> T | UpstreamError:
@@ -108,9 +177,16 @@ def _classify(error: httpx.TransportError) -> tuple[FailureCode, str]:
 
 class Upstream:
     def __init__(
-        self, client: httpx.AsyncClient, *, base_url: str, timeout: float, max_concurrency: int
+        self,
+        client: httpx.AsyncClient,
+        *,
+        base_url: str,
+        timeout: float,
+        max_concurrency: int,
+        max_body_bytes: int,
     ) -> None:
         self.client = client
+        self.max_body_bytes = max_body_bytes
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.max_concurrency = max_concurrency
@@ -133,28 +209,26 @@ class Upstream:
     async def _get_json(self, url: str) -> Any:
         try:
             async with asyncio.timeout(self.timeout):
-                response = await self._get_with_retries(url)
+                status, body = await self._get_with_retries(url)
         except TimeoutError:
             raise UpstreamError(url, "timeout", f"no answer within {self.timeout:g} s") from None
-        if response.status_code == 404:
+        if status == 404:
             raise UpstreamError(url, "not_found", "the upstream has no such resource (404)")
-        if not response.is_success:
-            raise UpstreamError(
-                url, "upstream_error", f"the upstream answered {response.status_code}"
-            )
+        if not 200 <= status < 300:
+            raise UpstreamError(url, "upstream_error", f"the upstream answered {status}")
         try:
-            return response.json()
+            return from_json(body)
         except ValueError:
             raise UpstreamError(url, "bad_response", "the upstream's answer is not JSON") from None
 
-    async def _get_with_retries(self, url: str) -> httpx.Response:
+    async def _get_with_retries(self, url: str) -> tuple[int, bytes]:
         # GET is idempotent: a connection refused, reset or closed before any answer is
         # tried again, a bounded number of times, after a jittered pause so that many
         # callers do not come back at once. All of it within the caller's timeout.
         for attempt in range(RETRIES + 1):
             try:
                 async with self._slots:
-                    return await self.client.get(url)
+                    return await self._get_once(url)
             except httpx.TransportError as error:
                 code, detail = _classify(error)
                 if code == "timeout":
@@ -164,6 +238,19 @@ class Upstream:
             UPSTREAM_RETRIES.inc()
             await asyncio.sleep(RETRY_PAUSE * (attempt + 1) * random.uniform(0.5, 1.5))  # noqa: S311
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _get_once(self, url: str) -> tuple[int, bytes]:
+        """The status and, for a 2xx, the body, never holding more than max_body_bytes."""
+        async with self.client.stream("GET", url) as response:
+            if not response.is_success:
+                return response.status_code, b""
+            try:
+                return response.status_code, await _read_capped(response, self.max_body_bytes)
+            except BodyTooLarge:
+                detail = f"the upstream's answer is larger than {self.max_body_bytes} bytes"
+            except UnaskedEncoding as error:
+                detail = f"the upstream's answer is encoded ({error}), which was not asked for"
+        raise UpstreamError(url, "bad_response", detail)
 
     async def get_all(self, urls: list[str]) -> list[Any | UpstreamError]:
         """Fetch every URL at once; each slot holds the body or the UpstreamError, in order."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
+import string
 import subprocess
 import sys
 import time
@@ -88,6 +90,28 @@ async def test_unknown_paths_share_one_label(client: QuartClient) -> None:
 
     assert "/scanner/probe" not in text
     assert 'route="<unmatched>"' in text
+
+
+async def test_no_request_adds_a_series_beyond_the_bounded_set(client: QuartClient) -> None:
+    paths = ["/api/v1/users", "/api/v1/users/1", "/", "/no/such/path", "/healthz"]
+    tokens = [{}, {"Authorization": "Bearer guess"}]
+
+    async def send(n: int) -> None:
+        # any token is a valid method name: each of these is new
+        method = "X" + "".join(random.choices(string.ascii_uppercase, k=12))
+        path = paths[n % len(paths)] + ("" if n % 2 else f"?{n}")
+        response = await client.open(path, method=method, headers=tokens[n % 2])
+        assert response.status_code in (404, 405)
+
+    for n in range(len(paths) * 2):  # every route, token and status once
+        await send(n)
+    before = len(await scrape(client))
+    for n in range(500):
+        await send(n)
+    after = await scrape(client)
+
+    assert len(after) == before
+    assert not [key for key in after if ("method", "other") not in key[1] and "X" in str(key)]
 
 
 async def test_upstream_calls_are_counted_by_outcome(
@@ -258,6 +282,26 @@ async def test_writes_past_the_limit_get_429_with_retry_after(
     assert int(refused.headers["Retry-After"]) >= 1
     assert read.status_code == 200
     assert "RateLimit-Limit" not in read.headers
+
+
+async def test_the_write_budget_is_the_peer_s_whatever_it_says_it_forwards(
+    migrated: str, db: asyncmy.Connection
+) -> None:
+    app = create_app(make_settings(migrated, api_token="t", write_rate_limit="2/minute"))
+
+    async with app.test_app() as running:
+        client = running.test_client()
+        statuses = [
+            (
+                await client.delete(
+                    f"/api/v1/users/{n}",
+                    headers={"Authorization": "Bearer t", "X-Forwarded-For": f"203.0.113.{n}"},
+                )
+            ).status_code
+            for n in range(5)
+        ]
+
+    assert statuses == [404, 404, 429, 429, 429]
 
 
 async def test_cors_headers_only_for_configured_origins(migrated: str) -> None:

@@ -7,6 +7,7 @@ connection works; hypercorn would otherwise drop the connection without a word.
 from __future__ import annotations
 
 import http.client
+import json
 from urllib.parse import urlsplit
 
 import pytest
@@ -59,5 +60,25 @@ def test_the_connection_survives_a_refused_write(
 
         assert answer.status == 200
         assert connection.sock is socket_before, "the second request needed a new connection"
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize("method", ["POST", "PATCH"])
+@pytest.mark.parametrize("depth", [1_000, 30_000])
+def test_json_nested_too_deep_is_a_bad_request(service: Service, method: str, depth: int) -> None:
+    url = urlsplit(service.base)
+    connection = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port, timeout=10)
+    path = "/api/v1/users" if method == "POST" else "/api/v1/users/1"
+    try:
+        connection.request(method, path, body=b"[" * depth + b"]" * depth, headers=GOOD)
+        refusal = connection.getresponse()
+        problem = json.loads(refusal.read())
+
+        assert refusal.status == 400
+        assert refusal.getheader("Content-Type") == "application/problem+json"
+        assert "nested" in problem["detail"]
+        connection.request("GET", "/healthz")
+        assert connection.getresponse().status == 200
     finally:
         connection.close()

@@ -10,15 +10,19 @@ import httpx
 import pytest
 import respx
 
-from app.upstream import Upstream, UpstreamError, _classify
+from app.upstream import Upstream, UpstreamError, _classify, open_client
+from tests.conftest import make_settings
 
 BASE = "http://upstream.test"
+MAX_BODY = 64 * 1024
 
 
 @pytest.fixture
 async def upstream() -> AsyncIterator[Upstream]:
     async with httpx.AsyncClient(transport=httpx.AsyncHTTPTransport()) as client:
-        yield Upstream(client, base_url=BASE, timeout=0.5, max_concurrency=50)
+        yield Upstream(
+            client, base_url=BASE, timeout=0.5, max_concurrency=50, max_body_bytes=MAX_BODY
+        )
 
 
 class InFlight:
@@ -88,7 +92,9 @@ async def test_calls_in_flight_never_exceed_the_bound_even_across_fan_outs(
     in_flight = InFlight(expected=3)
     respx_mock.get(url__startswith=BASE).mock(side_effect=in_flight)
     async with httpx.AsyncClient(transport=httpx.AsyncHTTPTransport()) as client:
-        upstream = Upstream(client, base_url=BASE, timeout=2, max_concurrency=3)
+        upstream = Upstream(
+            client, base_url=BASE, timeout=2, max_concurrency=3, max_body_bytes=MAX_BODY
+        )
         fan_outs = [
             asyncio.create_task(upstream.get_all([f"{BASE}/{n}" for n in range(5)]))
             for _ in range(2)
@@ -166,7 +172,9 @@ async def test_waiting_for_a_free_slot_counts_against_the_timeout(
 
     respx_mock.get(url__startswith=BASE).mock(side_effect=hang)
     async with httpx.AsyncClient(transport=httpx.AsyncHTTPTransport()) as client:
-        upstream = Upstream(client, base_url=BASE, timeout=0.3, max_concurrency=1)
+        upstream = Upstream(
+            client, base_url=BASE, timeout=0.3, max_concurrency=1, max_body_bytes=MAX_BODY
+        )
         async with asyncio.timeout(2):
             results = await upstream.get_all([f"{BASE}/a", f"{BASE}/b"])
 
@@ -197,3 +205,95 @@ def test_aiohttp_errors_are_judged_by_what_happened(
 
     assert _classify(wrapped)[0] == code
     assert detail in _classify(wrapped)[1]
+
+
+class Endless(httpx.AsyncByteStream):
+    """A body that never ends; counts the chunks anyone asked it for."""
+
+    def __init__(self, chunk: bytes) -> None:
+        self.chunk = chunk
+        self.sent = 0
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        while True:
+            self.sent += 1
+            yield self.chunk
+
+
+async def test_a_body_declared_too_large_is_refused_unread(
+    upstream: Upstream, respx_mock: respx.MockRouter
+) -> None:
+    body = Endless(b"x" * 4096)
+    respx_mock.get(f"{BASE}/posts/1").mock(
+        return_value=httpx.Response(200, headers={"Content-Length": str(10**9)}, stream=body)
+    )
+
+    with pytest.raises(UpstreamError) as raised:
+        await upstream.get_post(1)
+
+    assert raised.value.code == "bad_response"
+    assert f"larger than {MAX_BODY} bytes" in raised.value.detail
+    assert body.sent == 0
+
+
+async def test_a_body_is_abandoned_as_soon_as_it_streams_past_the_limit(
+    upstream: Upstream, respx_mock: respx.MockRouter
+) -> None:
+    body = Endless(b"x" * 4096)
+    respx_mock.get(f"{BASE}/posts/1").mock(return_value=httpx.Response(200, stream=body))
+
+    with pytest.raises(UpstreamError) as raised:
+        await upstream.get_post(1)
+
+    assert raised.value.code == "bad_response"
+    # one chunk past the limit, and not one more
+    assert body.sent == MAX_BODY // 4096 + 1
+
+
+async def test_a_body_at_the_limit_is_read(
+    upstream: Upstream, respx_mock: respx.MockRouter
+) -> None:
+    post = b'{"userId": 1, "id": 1, "title": "t", "body": "'
+    post += b"x" * (MAX_BODY - len(post) - 2) + b'"}'
+    assert len(post) == MAX_BODY
+    respx_mock.get(f"{BASE}/posts/1").mock(return_value=httpx.Response(200, content=post))
+
+    assert len((await upstream.get_post(1)).body) == MAX_BODY - 48
+
+
+async def test_no_compressed_answer_is_asked_for_or_taken(
+    upstream: Upstream, respx_mock: respx.MockRouter
+) -> None:
+    route = respx_mock.get(f"{BASE}/posts/1").mock(
+        return_value=httpx.Response(200, headers={"Content-Encoding": "gzip"}, content=b"\x1f")
+    )
+    client = open_client(make_settings("mysql://u:p@127.0.0.1/db"), httpx.AsyncHTTPTransport())
+    async with client:
+        upstream.client = client
+        with pytest.raises(UpstreamError) as raised:
+            await upstream.get_post(1)
+
+    assert route.calls.last.request.headers["Accept-Encoding"] == "identity"
+    assert raised.value.code == "bad_response"
+    assert "gzip" in raised.value.detail
+
+
+async def test_cookies_an_upstream_sets_are_never_sent_back(
+    upstream: Upstream, respx_mock: respx.MockRouter
+) -> None:
+    route = respx_mock.get(url__regex=rf"{BASE}/posts/\d+").mock(
+        return_value=httpx.Response(
+            200,
+            json={"userId": 1, "id": 1, "title": "t", "body": "b"},
+            headers={"Set-Cookie": "session=someone-else; Path=/"},
+        )
+    )
+    client = open_client(make_settings("mysql://u:p@127.0.0.1/db"), httpx.AsyncHTTPTransport())
+    async with client:
+        upstream.client = client
+        for post_id in range(1, 5):
+            await upstream.get_post(post_id)
+
+    assert route.call_count == 4
+    assert [call.request.headers.get("Cookie") for call in route.calls] == [None] * 4
+    assert not client.cookies

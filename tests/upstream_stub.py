@@ -9,7 +9,10 @@ Paths, chosen by the tests through UPSTREAM_URLS / UPSTREAM_BASE_URL:
   /garbage               200 with a body that is not JSON
   /close                 closes the connection without answering
   /reset                 resets the connection (RST) without answering
-  /_stats                {"calls", "in_flight", "max_in_flight"} since the last /_reset
+  /hostile/posts/{id}    1: a Post of 200 MB streamed without a length; 2: the same with
+                         its Content-Length; 3: a body that never ends; 4: a Post of 20 MB;
+                         any other id: a Post that sets a cookie
+  /_stats                {"calls", "in_flight", "max_in_flight", "with_cookie"} since /_reset
   /_reset                zero the counters
 """
 
@@ -31,6 +34,7 @@ class Counters:
         self.calls = 0
         self.in_flight = 0
         self.max_in_flight = 0
+        self.with_cookie = 0
 
 
 def post(post_id: int) -> dict[str, object]:
@@ -42,6 +46,39 @@ def post(post_id: int) -> dict[str, object]:
     }
 
 
+CHUNK = b"x" * 65536
+MB = 1024 * 1024
+# /hostile/posts/{id}: (size in bytes or None for endless, whether Content-Length is sent)
+HOSTILE_BODIES: dict[int, tuple[int | None, bool]] = {
+    1: (200 * MB, False),
+    2: (200 * MB, True),
+    3: (None, False),
+    4: (20 * MB, False),
+}
+
+
+async def stream_post(
+    request: web.Request, size: int | None, *, declared: bool
+) -> web.StreamResponse:
+    """A Post whose body is padded to `size` bytes (None: without end), sent as it is made."""
+    head = b'{"userId": 1, "id": %d, "title": "big", "body": "' % int(request.match_info["id"])
+    tail = b'"}'
+    response = web.StreamResponse(headers={"Content-Type": "application/json"})
+    if declared and size is not None:
+        response.content_length = size
+    await response.prepare(request)
+    await response.write(head)
+    left = None if size is None else size - len(head) - len(tail)
+    while left is None or left > 0:
+        chunk = CHUNK if left is None or left >= len(CHUNK) else CHUNK[:left]
+        await response.write(chunk)
+        if left is not None:
+            left -= len(chunk)
+    await response.write(tail)
+    await response.write_eof()
+    return response
+
+
 def build_app(delay: float = 0.0) -> web.Application:
     counters = Counters()
 
@@ -50,6 +87,8 @@ def build_app(delay: float = 0.0) -> web.Application:
         if request.path.startswith("/_"):
             return await handler(request)
         counters.calls += 1
+        if "Cookie" in request.headers:
+            counters.with_cookie += 1
         counters.in_flight += 1
         counters.max_in_flight = max(counters.max_in_flight, counters.in_flight)
         try:
@@ -87,17 +126,27 @@ def build_app(delay: float = 0.0) -> web.Application:
         request.transport.abort()
         raise asyncio.CancelledError
 
+    async def hostile(request: web.Request) -> web.StreamResponse:
+        post_id = int(request.match_info["id"])
+        if post_id in HOSTILE_BODIES:
+            size, declared = HOSTILE_BODIES[post_id]
+            return await stream_post(request, size, declared=declared)
+        response = web.json_response(post(post_id))
+        response.set_cookie("session", f"for-call-{counters.calls}")
+        return response
+
     async def stats(request: web.Request) -> web.StreamResponse:
         return web.json_response(
             {
                 "calls": counters.calls,
                 "in_flight": counters.in_flight,
                 "max_in_flight": counters.max_in_flight,
+                "with_cookie": counters.with_cookie,
             }
         )
 
     async def reset_counters(request: web.Request) -> web.StreamResponse:
-        counters.calls = counters.max_in_flight = 0
+        counters.calls = counters.max_in_flight = counters.with_cookie = 0
         return web.json_response({})
 
     app = web.Application(middlewares=[count])
@@ -107,6 +156,7 @@ def build_app(delay: float = 0.0) -> web.Application:
     app.router.add_get("/garbage", garbage)
     app.router.add_get("/close", close)
     app.router.add_get("/reset", reset)
+    app.router.add_get("/hostile/posts/{id:\\d+}", hostile)
     app.router.add_get("/_stats", stats)
     app.router.add_get("/_reset", reset_counters)
     return app
