@@ -49,10 +49,8 @@ async def connect(url: MySQLDsn, **extra: Any) -> asyncmy.Connection:
 
 
 class DatabaseUnavailable(ApiError):
-    def __init__(self) -> None:
-        super().__init__(
-            503, "The database is not answering; try again shortly.", headers={"Retry-After": "1"}
-        )
+    def __init__(self, detail: str = "The database is not answering; try again shortly.") -> None:
+        super().__init__(503, detail, headers={"Retry-After": "1"})
 
 
 # Errors that mean the server is gone, not that the query is wrong.
@@ -60,13 +58,38 @@ CONNECTION_ERRORS = (asyncmy.errors.OperationalError, asyncmy.errors.InterfaceEr
 
 
 class Database:
-    def __init__(self, url: MySQLDsn, *, minsize: int, maxsize: int, migrate: bool = True) -> None:
+    """The pool, and the two bounds on every use of it.
+
+    - `pool_timeout`: how long a request waits for a free connection. Waiters are served
+      first come, first served (asyncmy's pool lets a newcomer take a freed connection
+      ahead of those already waiting, so some waited for seconds under load).
+    - `query_timeout`: how long a request may hold a connection, counted from when it
+      started to wait for one. Past it the statement is abandoned and the connection
+      closed: a frozen or locked database costs requests a 503, never a hang.
+    """
+
+    def __init__(
+        self,
+        url: MySQLDsn,
+        *,
+        minsize: int,
+        maxsize: int,
+        query_timeout: float = 5.0,
+        pool_timeout: float = 2.0,
+        migrate: bool = True,
+    ) -> None:
         self.url = url
         self.minsize = minsize
         self.maxsize = maxsize
+        self.query_timeout = query_timeout
+        self.pool_timeout = pool_timeout
         self.migrate = migrate
         self.pool: asyncmy.Pool | None = None
         self._opener: asyncio.Task[None] | None = None
+        # asyncio's Semaphore hands a released slot to the longest waiter
+        self._slots = asyncio.Semaphore(maxsize)
+        self._pinger: asyncmy.Connection | None = None
+        self._ping_lock = asyncio.Lock()
 
     async def start(self) -> None:
         """Open the pool now if the database answers, else keep trying in the background."""
@@ -119,13 +142,22 @@ class Database:
         DB_POOL_FREE.set(self.pool.freesize if self.pool is not None else 0)
 
     async def ping(self, within: float) -> bool:
-        """Whether the database answers a round trip within `within` seconds."""
+        """Whether the database answers a round trip within `within` seconds.
+
+        On a connection of its own, outside the pool: a pool busy with slow requests says
+        nothing about whether the database is alive.
+        """
         if self.pool is None:
             return False
         try:
-            async with asyncio.timeout(within), self.connection() as connection:
-                await connection.ping(reconnect=False)
-        except (DatabaseUnavailable, TimeoutError, *CONNECTION_ERRORS):
+            async with asyncio.timeout(within), self._ping_lock:
+                if self._pinger is None:
+                    self._pinger = await connect(self.url)
+                await self._pinger.ping(reconnect=False)
+        except (TimeoutError, *CONNECTION_ERRORS):
+            if self._pinger is not None:
+                self._pinger.close()
+                self._pinger = None
             return False
         return True
 
@@ -134,6 +166,9 @@ class Database:
             self._opener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._opener
+        if self._pinger is not None:
+            self._pinger.close()
+            self._pinger = None
         if self.pool is not None:
             self.pool.close()
             await self.pool.wait_closed()
@@ -141,11 +176,19 @@ class Database:
 
     @contextlib.asynccontextmanager
     async def connection(self) -> AsyncIterator[asyncmy.Connection]:
-        """A pooled connection; the database being unreachable becomes a 503."""
+        """A pooled connection, within both bounds; the database failing becomes a 503."""
         if self.pool is None:
             raise DatabaseUnavailable()
+        deadline = asyncio.get_running_loop().time() + self.query_timeout
         try:
-            async with self.pool.acquire() as connection:
+            async with asyncio.timeout(self.pool_timeout):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise DatabaseUnavailable(
+                "Every database connection is busy; try again shortly."
+            ) from None
+        try:
+            async with asyncio.timeout_at(deadline), self.pool.acquire() as connection:
                 try:
                     yield connection
                 except (asyncio.CancelledError, TimeoutError, *CONNECTION_ERRORS):
@@ -153,6 +196,13 @@ class Database:
                     # closed, the pool drops it instead of handing it out again.
                     connection.close()
                     raise
+        except TimeoutError:
+            log.warning("database statement abandoned", extra={"after_s": self.query_timeout})
+            raise DatabaseUnavailable(
+                f"The database did not answer within {self.query_timeout:g} s; try again shortly."
+            ) from None
         except CONNECTION_ERRORS as error:
             log.warning("database connection failed", extra={"error": str(error)})
             raise DatabaseUnavailable() from None
+        finally:
+            self._slots.release()

@@ -39,7 +39,11 @@ def register_lifecycle(
         )
         assert settings.database_url is not None  # create_app refuses to build without one
         database = Database(
-            settings.database_url, minsize=settings.db_pool_min, maxsize=settings.db_pool_max
+            settings.database_url,
+            minsize=settings.db_pool_min,
+            maxsize=settings.db_pool_max,
+            query_timeout=settings.db_query_timeout,
+            pool_timeout=settings.db_pool_timeout,
         )
         app.extensions["database"] = database
         await database.start()

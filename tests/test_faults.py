@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -97,6 +99,60 @@ async def test_database_restart_under_traffic(tmp_path: Path) -> None:
         assert up_at <= ready_at
         assert service_log == []
     finally:
+        database.stop()
+
+
+async def test_a_frozen_database_costs_a_503_within_the_query_timeout(tmp_path: Path) -> None:
+    database = PrivateMariaDB(tmp_path / "db", port=free_port(), database="frozen")
+    await asyncio.to_thread(database.start)
+    pid = database.pid()
+    assert pid is not None
+    try:
+        with running_service(
+            tmp_path, DATABASE_URL=database.url, DB_QUERY_TIMEOUT="1", DB_POOL_TIMEOUT="0.5"
+        ) as service:
+            answers: list[Answer] = []
+            stop = asyncio.Event()
+            paths = ["/db", "/api/v1/users/1", "/api/v1/users?limit=5"]
+            workers = [
+                asyncio.create_task(hammer(service.base, paths, stop, answers)) for _ in range(16)
+            ]
+            health: list[Answer] = []
+            health_stop = asyncio.Event()
+            health_worker = asyncio.create_task(
+                hammer(service.base, ["/healthz"], health_stop, health)
+            )
+            await asyncio.sleep(0.5)
+            frozen_at = time.monotonic()
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                await asyncio.sleep(1.0)
+                async with httpx.AsyncClient(base_url=service.base, timeout=10) as client:
+                    ready = await client.get("/readyz")
+                await asyncio.sleep(2.0)
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            thawed_at = time.monotonic()
+            async with httpx.AsyncClient(base_url=service.base, timeout=10) as client:
+                await until_ready(client)
+            await asyncio.sleep(1.0)
+            stop.set()
+            health_stop.set()
+            await asyncio.gather(*workers, health_worker)
+            service_log = blocked_loop_lines(service)
+
+        assert ready.status_code == 503
+        during = [a for a in answers if a.started >= frozen_at and a.finished <= thawed_at]
+        assert during, "no request was answered while the database was frozen"
+        assert {a.status for a in answers} <= {200, 404, 503}
+        assert 503 in {a.status for a in during}
+        # 1 s of DB_QUERY_TIMEOUT; generous for a loaded machine, far from a hang (3 s)
+        assert max(a.finished - a.started for a in answers) < 2.0
+        assert {a.status for a in health} == {200}
+        assert [a for a in answers if a.started > thawed_at + 0.5 and a.status == 503] == []
+        assert service_log == []
+    finally:
+        os.kill(pid, signal.SIGCONT)
         database.stop()
 
 
