@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 import tempfile
 
@@ -15,6 +16,7 @@ from hypercorn.run import run
 
 from app.logs import configure_logging
 from app.settings import Settings, settings_or_exit
+from app.workers import supervise
 
 log = logging.getLogger("app.serve")
 
@@ -24,8 +26,9 @@ def hypercorn_config(settings: Settings) -> Config:
     config.application_path = "app.asgi:app"
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     config.bind = [f"{host}:{settings.port}"]
-    # 0 serves in this process; hypercorn would start one child for workers=1.
-    config.workers = 0 if settings.workers == 1 else settings.workers
+    # 0 serves in this process (hypercorn would start one child for workers=1); more
+    # workers are started and replaced by app.workers, not by hypercorn.
+    config.workers = 0
     # uvloop: hypercorn's asyncio worker had a p99 of up to 2 s under load here.
     config.worker_class = "uvloop"
     config.graceful_timeout = settings.shutdown_grace
@@ -44,15 +47,27 @@ def hypercorn_config(settings: Settings) -> Config:
 
 def main() -> None:
     settings, _ = settings_or_exit()
-    if settings.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
-        # Each worker writes its metrics here; /metrics in any worker adds them up.
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="app-metrics-")
     configure_logging(settings.log_level)
     base = f"http://{settings.host}:{settings.port}"
     # For the person at the terminal; the JSON logs go to stderr.
     print(f"serving {base}/  docs: {base}/docs  (Ctrl-C stops)", flush=True)
     log.info("serving", extra={"docs": f"{base}/docs", "workers": settings.workers})
-    sys.exit(run(hypercorn_config(settings)))
+    config = hypercorn_config(settings)
+    if settings.workers == 1:
+        sys.exit(run(config))
+    metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    created = metrics_dir is None
+    if metrics_dir is None:
+        # Each worker writes its metrics here; /metrics in any worker adds them up.
+        metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(
+            prefix="app-metrics-"
+        )
+    try:
+        exit_code = supervise(config, settings.workers, metrics_dir)
+    finally:
+        if created:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+    sys.exit(exit_code)
 
 
 if __name__ == "__main__":

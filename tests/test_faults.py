@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app.devdb import PrivateMariaDB
 from tests.conftest import E2E_TOKEN
-from tests.e2e import Service, free_port, running_service
+from tests.e2e import Service, clean_environ, free_port, running_service
 
 pytestmark = pytest.mark.e2e
 
@@ -275,3 +275,77 @@ async def test_metrics_add_up_across_workers(migrated: str, tmp_path: Path) -> N
         and sample.labels.get("status") == "404"
     )
     assert counted == 40
+
+
+def worker_pids(pid: int) -> set[int]:
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    # spawn's resource tracker is a child too; the workers are the ones serving
+    return {int(child) for child in children if "resource_tracker" not in _cmdline(int(child))}
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except FileNotFoundError:
+        return ""
+
+
+async def test_a_killed_worker_is_replaced_and_nothing_is_left_behind(
+    migrated: str, tmp_path: Path
+) -> None:
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    with running_service(tmp_path, DATABASE_URL=migrated, WORKERS="2", TMPDIR=str(temp)) as service:
+        (metrics_dir,) = temp.glob("app-metrics-*")
+        async with httpx.AsyncClient(base_url=service.base, timeout=10) as client:
+            await until_ready(client)
+            first = worker_pids(service.process.pid)
+            victim = min(first)
+            os.kill(victim, signal.SIGKILL)
+            answers = []
+            async with asyncio.timeout(20):
+                while len(now := worker_pids(service.process.pid) - {victim}) < 2:
+                    # a new connection each time: the surviving worker answers meanwhile
+                    async with httpx.AsyncClient(base_url=service.base, timeout=10) as fresh:
+                        answers.append((await fresh.get("/healthz")).status_code)
+                    await asyncio.sleep(0.05)
+            await until_ready(client)
+            live_gauges = {path.name for path in metrics_dir.glob("gauge_live*")}
+        exit_code = service.stop()
+        log = service.log_lines()
+
+    assert service.process.poll() == 0 == exit_code
+    assert len(answers) >= 1
+    assert set(answers) == {200}
+    assert len(now & first) == 1, "the other worker kept serving; one new worker joined it"
+    assert not [name for name in live_gauges if name.endswith(f"_{victim}.db")]
+    assert any("worker died; started another" in line for line in log)
+    assert list(temp.glob("app-metrics-*")) == []
+
+
+def crashing_worker(**kwargs: object) -> None:
+    """Stands in for hypercorn's worker in the crash-loop test: dies at once."""
+    sys.exit(3)
+
+
+def test_workers_that_keep_dying_stop_the_server_with_a_failure(tmp_path: Path) -> None:
+    program = (
+        "import sys\n"
+        "from hypercorn.config import Config\n"
+        "from app.workers import supervise\n"
+        "from tests.test_faults import crashing_worker\n"
+        "config = Config()\n"
+        f"config.bind = ['127.0.0.1:{free_port()}']\n"
+        "sys.exit(supervise(config, 2, None, target=crashing_worker))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", program],
+        env=clean_environ(),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert result.returncode == 1, result.stderr[-2000:]
