@@ -242,14 +242,15 @@ class Upstream:
     async def _get_once(self, url: str) -> tuple[int, bytes]:
         """The status and, for a 2xx, the body, never holding more than max_body_bytes."""
         async with self.client.stream("GET", url) as response:
-            if not response.is_success:
-                return response.status_code, b""
             try:
+                # read even when it is not a success: a connection left mid-body is closed
                 return response.status_code, await _read_capped(response, self.max_body_bytes)
             except BodyTooLarge:
                 detail = f"the upstream's answer is larger than {self.max_body_bytes} bytes"
             except UnaskedEncoding as error:
                 detail = f"the upstream's answer is encoded ({error}), which was not asked for"
+            if not response.is_success:
+                return response.status_code, b""
         raise UpstreamError(url, "bad_response", detail)
 
     async def get_all(self, urls: list[str]) -> list[Any | UpstreamError]:
