@@ -149,17 +149,22 @@ class Database:
         """
         if self.pool is None:
             return False
+        answered = False
         try:
             async with asyncio.timeout(within), self._ping_lock:
                 if self._pinger is None:
                     self._pinger = await connect(self.url)
                 await self._pinger.ping(reconnect=False)
-        except (TimeoutError, *CONNECTION_ERRORS):
-            if self._pinger is not None:
+            answered = True
+        except (TimeoutError, asyncmy.errors.Error, OSError):
+            pass
+        finally:
+            # Cut short (a timeout, an error, or the request cancelled when its client hung
+            # up), the connection is mid-conversation: the next ping gets a new one.
+            if not answered and self._pinger is not None:
                 self._pinger.close()
                 self._pinger = None
-            return False
-        return True
+        return answered
 
     async def close(self) -> None:
         if self._opener is not None:

@@ -74,3 +74,19 @@ async def test_a_locked_table_costs_a_503_not_a_hang_and_readiness_holds(
     assert ready.status_code == 200, "the database answers pings while a table is locked"
     # every abandoned connection was closed, not handed out again mid-statement
     assert after == [200] * 12
+
+
+async def test_a_readiness_ping_cut_short_leaves_the_next_one_working(migrated: str) -> None:
+    database = Database(TypeAdapter(MySQLDsn).validate_python(migrated), minsize=1, maxsize=2)
+    await database.start()
+    try:
+        assert await database.ping(1.0)
+        for _ in range(3):
+            # a client that hangs up cancels its request's task mid-ping
+            cut = asyncio.create_task(database.ping(1.0))
+            await asyncio.sleep(0)
+            cut.cancel()
+            await asyncio.gather(cut, return_exceptions=True)
+            assert await database.ping(1.0)
+    finally:
+        await database.close()
