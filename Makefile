@@ -45,7 +45,7 @@ need_chromium = $(call need_package,chromium,chromium,the docs test needs Debian
 define database_url
 	if [ -z "$${DATABASE_URL:-}" ]; then \
 	  $(need_mariadbd); \
-	  DATABASE_URL=$$($(PY) -m app.devdb start --dir $(DEV_DB_DIR)) || exit 1; \
+	  DATABASE_URL=$$($(PY) -m tests.support.devdb start --dir $(DEV_DB_DIR)) || exit 1; \
 	  export DATABASE_URL; \
 	fi
 endef
@@ -59,13 +59,13 @@ test: $(INSTALLED)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 migrate: $(INSTALLED)
-	@$(database_url); exec $(PY) -m app.migrate
+	@$(database_url); exec $(PY) -m app.data.migrate
 
 db-start: $(INSTALLED)
 	@$(database_url); echo "private MariaDB running (data in $(DEV_DB_DIR))"
 
 db-stop: $(INSTALLED)
-	$(PY) -m app.devdb stop --dir $(DEV_DB_DIR)
+	$(PY) -m tests.support.devdb stop --dir $(DEV_DB_DIR)
 
 lint: $(INSTALLED)
 	$(VENV)/bin/ruff check .

@@ -1,7 +1,7 @@
 """The app factory: `create_app(settings)` builds one Quart app.
 
 Flask users will recognise every piece: an app factory, blueprints, error handlers,
-before/after hooks. What is new is `before_serving`/`after_serving` (app.lifecycle),
+before/after hooks. What is new is `before_serving`/`after_serving` (app.lifespan),
 where the process-wide HTTP client and database pool are opened on the serving loop.
 """
 
@@ -12,18 +12,18 @@ from quart import Quart
 from quart_cors import cors
 from quart_schema import HttpSecurityScheme, Info, QuartSchema
 
-from app.auth import BEARER
 from app.blueprints import docs, ops, original, posts, users
-from app.bodies import register_connection_keeping
-from app.lifecycle import register_lifecycle
-from app.loop_monitor import LoopMonitor
-from app.metrics import register_metrics_route
-from app.observability import register_observability
-from app.openapi import ProblemAwareOpenAPIProvider
-from app.problems import register_error_handlers
-from app.rate_limit import WriteRateLimiter
-from app.serialization import PydanticJSONProvider, use_cached_type_adapters
+from app.lifespan import register_lifespan
 from app.settings import Settings
+from app.telemetry.loop_monitor import LoopMonitor
+from app.telemetry.metrics import register_metrics_route
+from app.telemetry.requests import register_observability
+from app.web.auth import BEARER
+from app.web.bodies import register_connection_keeping
+from app.web.errors import register_error_handlers
+from app.web.openapi import ProblemAwareOpenAPIProvider
+from app.web.rate_limit import WriteRateLimiter
+from app.web.serialization import PydanticJSONProvider, use_cached_type_adapters
 
 use_cached_type_adapters()
 
@@ -61,7 +61,7 @@ def create_app(
     app.json = PydanticJSONProvider(app)
 
     monitor = LoopMonitor(threshold=settings.loop_block_threshold)
-    register_lifecycle(app, settings, upstream_transport, monitor)
+    register_lifespan(app, settings, upstream_transport, monitor)
     register_observability(app, monitor)
     register_metrics_route(app)
     WriteRateLimiter(app, settings.write_rate_limit)

@@ -14,8 +14,8 @@ import tempfile
 from hypercorn.config import Config
 from hypercorn.run import run
 
-from app.logs import configure_logging
 from app.settings import Settings, settings_or_exit
+from app.telemetry.logs import configure_logging
 from app.workers import supervise
 
 log = logging.getLogger("app.serve")
@@ -33,7 +33,7 @@ def hypercorn_config(settings: Settings) -> Config:
     config.worker_class = "uvloop"
     config.graceful_timeout = settings.shutdown_grace
     config.backlog = 2048
-    # Our own request log (app.observability) carries the request id; hypercorn's would
+    # Our own request log (app.telemetry.requests) carries the request id; hypercorn's would
     # repeat it.
     config.accesslog = None
     # hypercorn closes a kept-alive connection after 1,000 requests by default; a busy

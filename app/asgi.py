@@ -3,8 +3,8 @@
 import gc
 
 from app import create_app
-from app.logs import configure_logging
 from app.settings import Settings
+from app.telemetry.logs import configure_logging
 
 settings = Settings()
 configure_logging(settings.log_level)

@@ -142,13 +142,13 @@ class User(BaseModel):
     id: int = Field(examples=[1])
     name: str = Field(examples=["Ada Lovelace"])
     email: str = Field(examples=["ada@example.com"])
-    # The queries give these as RFC 3339 UTC text (app.queries.users.USER_COLUMNS).
+    # The queries give these as RFC 3339 UTC text (app.data.users.USER_COLUMNS).
     created_at: AwareDatetime = Field(description="RFC 3339, UTC")
     updated_at: AwareDatetime = Field(description="RFC 3339, UTC")
 
 
 class UserRow(TypedDict):
-    """A users row as app.queries.users returns it: the shape of User, times as text."""
+    """A users row as app.data.users returns it: the shape of User, times as text."""
 
     id: int
     name: str

@@ -28,7 +28,6 @@ from pathlib import Path
 
 import httpx
 
-from app.devdb import PrivateMariaDB
 from bench.run import (
     JOBS,
     OURS,
@@ -39,7 +38,8 @@ from bench.run import (
     seed,
     start_server,
 )
-from tests.e2e import free_port
+from tests.support.devdb import PrivateMariaDB
+from tests.support.processes import free_port
 
 APPS = (OURS, "fastapi", SAME_APP_ON_UVICORN)
 AT_ONCE = 8

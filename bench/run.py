@@ -28,8 +28,8 @@ from pathlib import Path
 
 import httpx
 
-from app.devdb import PrivateMariaDB
-from tests.e2e import free_port
+from tests.support.devdb import PrivateMariaDB
+from tests.support.processes import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
@@ -253,8 +253,8 @@ def wait_for(url: str, process: subprocess.Popen[bytes] | None = None, timeout: 
 def seed(database: PrivateMariaDB) -> None:
     from pydantic import MySQLDsn, TypeAdapter
 
-    from app.db import connect
-    from app.migrate import migrate
+    from app.data.database import connect
+    from app.data.migrate import migrate
 
     async def run() -> None:
         url = TypeAdapter(MySQLDsn).validate_python(database.url)

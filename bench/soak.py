@@ -18,9 +18,9 @@ import threading
 import time
 from pathlib import Path
 
-from app.devdb import PrivateMariaDB
 from bench.run import REPO, RESULTS, Upstream, seed, start_server, wrk
-from tests.e2e import free_port
+from tests.support.devdb import PrivateMariaDB
+from tests.support.processes import free_port
 
 TOKEN = "soak-token"  # noqa: S105 (a throwaway token for a loopback-only run)
 

@@ -21,11 +21,11 @@ from quart.testing import QuartClient
 from quart.typing import TestAppProtocol
 
 from app import create_app
-from app.db import connect
-from app.devdb import PrivateMariaDB
-from app.migrate import migrate
+from app.data.database import connect
+from app.data.migrate import migrate
 from app.settings import Settings
-from tests.e2e import Service, free_port, running_service, upstream_stub
+from tests.support.devdb import PrivateMariaDB
+from tests.support.processes import Service, free_port, running_service, upstream_stub
 
 UPSTREAM = "http://upstream.test"
 # The bearer token of the service the end-to-end tests share.
@@ -151,7 +151,7 @@ class _Collect(logging.Handler):
 def no_blocked_event_loop(request: pytest.FixtureRequest) -> Iterator[None]:
     """Fail any test during which an app saw its event loop blocked."""
     collect = _Collect()
-    logger = logging.getLogger("app.loop_monitor")
+    logger = logging.getLogger("app.telemetry.loop_monitor")
     logger.addHandler(collect)
     try:
         yield

@@ -8,7 +8,7 @@ import asyncmy
 from pydantic import MySQLDsn, TypeAdapter
 
 from app import create_app
-from app.db import Database, connect
+from app.data.database import Database, connect
 from tests.conftest import make_settings
 
 

@@ -9,7 +9,7 @@ import httpx
 import pytest
 from playwright.async_api import Browser, async_playwright
 
-from tests.e2e import Service
+from tests.support.processes import Service
 
 pytestmark = pytest.mark.e2e
 

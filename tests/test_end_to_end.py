@@ -13,8 +13,14 @@ import asyncmy
 import httpx
 import pytest
 
-from tests.e2e import Service, clean_environ, free_port, running_service, upstream_stub
-from tests.factories import insert_user
+from tests.support.factories import insert_user
+from tests.support.processes import (
+    Service,
+    clean_environ,
+    free_port,
+    running_service,
+    upstream_stub,
+)
 
 pytestmark = pytest.mark.e2e
 

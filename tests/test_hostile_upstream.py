@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e import Service, running_service
+from tests.support.processes import Service, running_service
 
 pytestmark = pytest.mark.e2e
 

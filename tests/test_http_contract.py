@@ -8,7 +8,7 @@ import pytest
 from quart import Quart
 from quart.testing import QuartClient
 
-from app.problems import ApiError
+from app.web.errors import ApiError
 
 
 @pytest.mark.parametrize(

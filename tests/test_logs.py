@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from app.logs import JsonLineFormatter, configure_logging, request_id_var
+from app.telemetry.logs import JsonLineFormatter, configure_logging, request_id_var
 
 
 @pytest.fixture

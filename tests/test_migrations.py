@@ -13,8 +13,8 @@ import asyncmy
 import pytest
 from pydantic import MySQLDsn, TypeAdapter
 
-from app.db import connect
-from app.migrate import MIGRATIONS_DIR, MigrationError, load_migrations, migrate
+from app.data.database import connect
+from app.data.migrate import MIGRATIONS_DIR, MigrationError, load_migrations, migrate
 
 
 @pytest.fixture

@@ -18,9 +18,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from quart.testing import QuartClient
 
 from app import create_app
-from app.loop_monitor import LoopMonitor
+from app.telemetry.loop_monitor import LoopMonitor
 from tests.conftest import UPSTREAM, make_settings
-from tests.e2e import clean_environ, free_port
+from tests.support.processes import clean_environ, free_port
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -157,7 +157,7 @@ async def test_blocking_the_loop_is_caught_and_names_the_route(
         time.sleep(0.4)  # noqa: ASYNC251 (the mistake this test is about)
         return "done"
 
-    caplog.set_level(logging.WARNING, logger="app.loop_monitor")
+    caplog.set_level(logging.WARNING, logger="app.telemetry.loop_monitor")
     async with app.test_app() as running:
         client = running.test_client()
         await asyncio.sleep(0.15)  # let the probe start
@@ -192,7 +192,7 @@ async def test_a_late_loop_counts_as_blocked_only_for_the_time_it_had_a_cpu(
 ) -> None:
     schedstat = FakeSchedstat(starved)
     monitor = LoopMonitor(threshold=0.2, interval=0.05, cpu_wait=schedstat)
-    caplog.set_level(logging.WARNING, logger="app.loop_monitor")
+    caplog.set_level(logging.WARNING, logger="app.telemetry.loop_monitor")
     monitor.start()
     await asyncio.sleep(0.1)
     schedstat.stall(0.4)

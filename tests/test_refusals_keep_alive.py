@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from tests.conftest import E2E_TOKEN
-from tests.e2e import Service
+from tests.support.processes import Service
 
 pytestmark = pytest.mark.e2e
 

@@ -10,7 +10,7 @@ import httpx
 import pytest
 import respx
 
-from app.upstream import Upstream, UpstreamError, _classify, open_client
+from app.data.upstream import Upstream, UpstreamError, _classify, open_client
 from tests.conftest import make_settings
 
 BASE = "http://upstream.test"

@@ -11,7 +11,7 @@ from quart.testing import QuartClient
 
 from app import create_app
 from tests.conftest import make_settings
-from tests.factories import insert_user, insert_users
+from tests.support.factories import insert_user, insert_users
 
 TOKEN = "test-token-123"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -12,7 +12,7 @@ import flask_swagger_ui
 from quart import Blueprint, Response, render_template_string, send_from_directory, url_for
 from quart_schema import hide
 
-from app.problems import ApiError
+from app.web.errors import ApiError
 
 SWAGGER_UI_DIST = Path(flask_swagger_ui.__file__).resolve().parent / "dist"
 ASSETS = {"swagger-ui-bundle.js", "swagger-ui.css", "favicon-32x32.png", "favicon-16x16.png"}

@@ -1,14 +1,14 @@
-"""Operational routes: liveness and readiness (/metrics lives in app.metrics)."""
+"""Operational routes: liveness and readiness (/metrics lives in app.telemetry.metrics)."""
 
 from __future__ import annotations
 
 from quart import Blueprint
 from quart_schema import tag, validate_response
 
-from app.lifecycle import get_database
+from app import deps
 from app.models import Health, Readiness
-from app.openapi import problems
-from app.problems import ApiError
+from app.web.errors import ApiError
+from app.web.openapi import problems
 
 READY_TIMEOUT = 1.0
 
@@ -29,6 +29,6 @@ async def healthz() -> Health:
 @problems(503)
 async def readyz() -> Readiness:
     """200 when the database answers a ping within a second; 503 when it does not."""
-    if not await get_database().ping(READY_TIMEOUT):
+    if not await deps.database().ping(READY_TIMEOUT):
         raise ApiError(503, "The database is not answering.", headers={"Retry-After": "1"})
     return Readiness()

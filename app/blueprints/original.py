@@ -8,13 +8,13 @@ from pydantic import TypeAdapter
 from quart import Blueprint, Response
 from quart_schema import document_response, tag
 
-from app.lifecycle import get_database, get_settings, get_upstream
+from app import deps
+from app.data.upstream import UpstreamError
+from app.data.users import select_users
 from app.models import UpstreamProblem, User, UserRow
-from app.openapi import problems
-from app.problems import ApiError
-from app.queries.users import select_users
-from app.serialization import json_response
-from app.upstream import UpstreamError
+from app.web.errors import ApiError
+from app.web.openapi import problems
+from app.web.serialization import json_response
 
 DB_ROUTE_LIMIT = 1000
 
@@ -35,8 +35,8 @@ async def index() -> Response:
 
     If any call fails the answer is 502 (504 when one timed out), listing each failure.
     """
-    urls = [str(url) for url in get_settings().upstream_urls]
-    results = await get_upstream().get_all(urls)
+    urls = [str(url) for url in deps.settings().upstream_urls]
+    results = await deps.upstream().get_all(urls)
     failures = [result for result in results if isinstance(result, UpstreamError)]
     if failures:
         timed_out = any(failure.code == "timeout" for failure in failures)
@@ -54,7 +54,7 @@ async def index() -> Response:
 @problems(503)
 async def users() -> Response:
     """The users, ordered by id, at most 1,000."""
-    async with get_database().connection() as connection:
+    async with deps.database().connection() as connection:
         rows = await select_users(connection, limit=DB_ROUTE_LIMIT)
     # Up to 1,000 rows: serialised straight from the rows (types checked as they are
     # written) rather than built into User models first; the JSON is the same.

@@ -7,11 +7,11 @@ import time
 from quart import Blueprint
 from quart_schema import tag, validate_querystring, validate_response
 
-from app.lifecycle import get_upstream
+from app import deps
+from app.data.upstream import UpstreamError
 from app.models import Post, PostBatch, PostError, PostFailed, PostFetched, PostsQuery
-from app.openapi import problems
-from app.problems import ApiError
-from app.upstream import UpstreamError
+from app.web.errors import ApiError
+from app.web.openapi import problems
 
 blueprint = Blueprint("posts", __name__, url_prefix="/api/v1")
 
@@ -27,7 +27,7 @@ async def get_post(post_id: int) -> Post:
     5xx, not JSON, not a post) a 502. The problem's `code` says which.
     """
     try:
-        return await get_upstream().get_post(post_id)
+        return await deps.upstream().get_post(post_id)
     except UpstreamError as error:
         raise ApiError(error.status, error.detail, code=error.code) from None
 
@@ -45,7 +45,7 @@ async def get_posts(query_args: PostsQuery) -> PostBatch:
     """
     post_ids = query_args.id_list
     started = time.perf_counter()
-    results = await get_upstream().get_posts(post_ids)
+    results = await deps.upstream().get_posts(post_ids)
     elapsed_ms = (time.perf_counter() - started) * 1000
 
     items: list[PostFetched | PostFailed] = []

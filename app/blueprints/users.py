@@ -12,9 +12,15 @@ from quart_schema import (
     validate_response,
 )
 
-from app.auth import require_token
-from app.bodies import require_json
-from app.lifecycle import get_database
+from app import deps
+from app.data.users import (
+    EmailTaken,
+    delete_user,
+    insert_user,
+    select_user,
+    select_users,
+    update_user,
+)
 from app.models import (
     User,
     UserCreate,
@@ -24,17 +30,11 @@ from app.models import (
     UserRowPage,
     UsersQuery,
 )
-from app.openapi import no_content, problems
-from app.problems import ApiError
-from app.queries.users import (
-    EmailTaken,
-    delete_user,
-    insert_user,
-    select_user,
-    select_users,
-    update_user,
-)
-from app.serialization import json_response
+from app.web.auth import require_token
+from app.web.bodies import require_json
+from app.web.errors import ApiError
+from app.web.openapi import no_content, problems
+from app.web.serialization import json_response
 
 blueprint = Blueprint("users", __name__, url_prefix="/api/v1")
 
@@ -65,7 +65,7 @@ async def list_users(query_args: UsersQuery) -> Response:
 
     Pass the answer's `next_after` as `after` for the next page; it is null on the last.
     """
-    async with get_database().connection() as connection:
+    async with deps.database().connection() as connection:
         # one more than asked: whether it comes back says if more may follow
         rows = await select_users(connection, after=query_args.after, limit=query_args.limit + 1)
     more = len(rows) > query_args.limit
@@ -83,7 +83,7 @@ async def list_users(query_args: UsersQuery) -> Response:
 @problems(404, 503)
 async def get_user(user_id: int) -> User:
     """One user."""
-    async with get_database().connection() as connection:
+    async with deps.database().connection() as connection:
         row = await select_user(connection, user_id=user_id)
     return _found(row, user_id)
 
@@ -97,7 +97,7 @@ async def get_user(user_id: int) -> User:
 @problems(400, 401, 409, 413, 415, 422, 503)
 async def create_user(data: UserCreate) -> tuple[User, int, dict[str, str]]:
     """Create a user; the answer's Location is its address."""
-    async with get_database().connection() as connection:
+    async with deps.database().connection() as connection:
         try:
             user_id = await insert_user(connection, name=data.name, email=data.email)
         except EmailTaken:
@@ -116,7 +116,7 @@ async def create_user(data: UserCreate) -> tuple[User, int, dict[str, str]]:
 @problems(400, 401, 404, 409, 413, 415, 422, 503)
 async def patch_user(user_id: int, data: UserPatch) -> User:
     """Change a user's name, email, or both."""
-    async with get_database().connection() as connection:
+    async with deps.database().connection() as connection:
         try:
             await update_user(connection, user_id=user_id, name=data.name, email=data.email)
         except EmailTaken:
@@ -132,7 +132,7 @@ async def patch_user(user_id: int, data: UserPatch) -> User:
 @problems(401, 404, 503)
 async def remove_user(user_id: int) -> tuple[str, int]:
     """Delete a user."""
-    async with get_database().connection() as connection:
+    async with deps.database().connection() as connection:
         deleted = await delete_user(connection, user_id=user_id)
     if not deleted:
         raise _not_found(user_id)

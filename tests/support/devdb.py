@@ -5,8 +5,8 @@ own data directory, socket, pid file and log under one folder, listening on 127.
 only, never the system service. Starting it when it already runs does nothing, and it
 outlives `make run` so the next one starts at once; `make db-stop` stops it.
 
-    python -m app.devdb start [--dir .run/mariadb] [--port 3307]   # prints DATABASE_URL
-    python -m app.devdb stop  [--dir .run/mariadb]
+    python -m tests.support.devdb start [--dir .run/mariadb] [--port 3307]   # prints DATABASE_URL
+    python -m tests.support.devdb stop  [--dir .run/mariadb]
 """
 
 from __future__ import annotations
@@ -119,7 +119,7 @@ class PrivateMariaDB:
         with self.log_file.open("ab") as log:
             # setsid --fork: a new session, not our child, so Ctrl-C on `make run` does not
             # reach the database and it outlives the command that started it.
-            subprocess.run(  # noqa: S603
+            subprocess.run(
                 [
                     setsid,
                     "--fork",
@@ -203,7 +203,7 @@ class PrivateMariaDB:
         return True
 
     def _run(self, *command: str) -> None:
-        result = subprocess.run(command, capture_output=True, text=True, check=False)  # noqa: S603
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
         if result.returncode != 0:
             raise DevDBError(
                 f"{command[0]} failed: {result.stderr.strip() or result.stdout.strip()}"
@@ -212,7 +212,7 @@ class PrivateMariaDB:
 
 def main() -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m app.devdb", description=__doc__.splitlines()[0]
+        prog="python -m tests.support.devdb", description=__doc__.splitlines()[0]
     )
     parser.add_argument("action", choices=["start", "stop", "url"])
     parser.add_argument("--dir", type=Path, default=Path(".run/mariadb"))

@@ -17,7 +17,7 @@ import httpx
 
 from app.settings import Settings
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 # Variables a developer's shell may hold that would change what the tests see.
 SETTINGS_VARIABLES = frozenset(name.upper() for name in Settings.model_fields)
 
@@ -53,7 +53,15 @@ def wait_until_answering(url: str, process: subprocess.Popen[bytes], timeout: fl
 def upstream_stub(delay: float = 0.0) -> Iterator[str]:
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "tests.upstream_stub", "--port", str(port), "--delay", str(delay)],
+        [
+            sys.executable,
+            "-m",
+            "tests.support.upstream_stub",
+            "--port",
+            str(port),
+            "--delay",
+            str(delay),
+        ],
         env=clean_environ(),
         cwd=REPO,
     )

@@ -11,15 +11,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import unquote
 
 import asyncmy
 from pydantic import MySQLDsn
 
-from app.metrics import DB_POOL_FREE, DB_POOL_SIZE
-from app.problems import ApiError
+from app.telemetry.metrics import DB_POOL_FREE, DB_POOL_SIZE
+from app.web.errors import ApiError
 
 # Every connection speaks UTC, so CURRENT_TIMESTAMP(6) columns hold UTC.
 INIT_COMMAND = "SET time_zone = '+00:00'"
@@ -76,14 +76,15 @@ class Database:
         maxsize: int,
         query_timeout: float = 5.0,
         pool_timeout: float = 2.0,
-        migrate: bool = True,
+        prepare: Callable[[MySQLDsn], Awaitable[object]] | None = None,
     ) -> None:
         self.url = url
         self.minsize = minsize
         self.maxsize = maxsize
         self.query_timeout = query_timeout
         self.pool_timeout = pool_timeout
-        self.migrate = migrate
+        # run on the first connection before the pool opens (the lifespan passes migrate)
+        self.prepare = prepare
         self.pool: asyncmy.Pool | None = None
         self._opener: asyncio.Task[None] | None = None
         # asyncio's Semaphore hands a released slot to the longest waiter
@@ -102,12 +103,8 @@ class Database:
             self._opener = asyncio.create_task(self._keep_trying(), name="database-opener")
 
     async def _open(self) -> None:
-        if self.migrate:
-            from app.migrate import migrate  # imported here: app.migrate imports this module
-
-            applied = await migrate(self.url)
-            if applied:
-                log.info("migrations applied", extra={"migrations": applied})
+        if self.prepare is not None:
+            await self.prepare(self.url)
         # autocommit=True: with it off every read leaves a transaction open, and the pool
         # closes a connection released inside a transaction, so each query would open a
         # new one. A write that spans statements would need an explicit transaction.

@@ -14,7 +14,7 @@ from quart_schema import OpenAPIProvider, document_response
 from werkzeug.routing import Rule
 
 from app.models import Problem, ValidationProblem
-from app.problems import PROBLEM_JSON
+from app.web.errors import PROBLEM_JSON
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -56,7 +56,7 @@ class ProblemAwareOpenAPIProvider(OpenAPIProvider):
     def schema(self) -> dict[str, Any]:
         # Building the document walks every route and model: about 20 ms of CPU here,
         # over 100 ms on a loaded machine, with every request in flight waiting. The
-        # routes are fixed once serving starts, so it is built once (app.lifecycle does
+        # routes are fixed once serving starts, so it is built once (app.lifespan does
         # it before serving).
         if self._document is None:
             self._document = super().schema()

@@ -21,7 +21,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 
-from app.metrics import LOOP_BLOCKED, LOOP_LAG
+from app.telemetry.metrics import LOOP_BLOCKED, LOOP_LAG
 
 log = logging.getLogger(__name__)
 

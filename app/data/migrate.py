@@ -11,7 +11,7 @@ This runner is small and uses asyncmy, the driver the app already has.
 - `GET_LOCK` serialises concurrent runners (several workers or instances starting at once):
   the second waits, then finds nothing left to do.
 
-Run it with `python -m app.migrate` (or `make migrate`).
+Run it with `python -m app.data.migrate` (or `make migrate`).
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ import asyncmy
 from asyncmy.constants.CLIENT import MULTI_STATEMENTS
 from pydantic import MySQLDsn
 
-from app import db
+from app.data.database import connect
 from app.settings import settings_or_exit
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 LOCK_NAME = "quart_async_demo.migrate"
 LOCK_WAIT_SECONDS = 60
 FILE_NAME = re.compile(r"^(\d+)_([a-z0-9_]+)\.sql$")
@@ -71,7 +71,7 @@ def load_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
 async def migrate(url: MySQLDsn, directory: Path = MIGRATIONS_DIR) -> list[str]:
     """Apply pending migrations; return the names of those applied now."""
     migrations = load_migrations(directory)
-    connection = await db.connect(url, client_flag=MULTI_STATEMENTS)
+    connection = await connect(url, client_flag=MULTI_STATEMENTS)
     try:
         async with connection.cursor() as cursor:
             await cursor.execute("SELECT GET_LOCK(%s, %s)", (LOCK_NAME, LOCK_WAIT_SECONDS))

@@ -23,7 +23,7 @@ from prometheus_client import (
 from quart import Quart, Response
 from quart_schema import tag
 
-from app.openapi import text_response
+from app.web.openapi import text_response
 
 REQUESTS = Counter("http_requests_total", "Requests answered.", ["method", "route", "status"])
 REQUEST_SECONDS = Histogram(

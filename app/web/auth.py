@@ -10,8 +10,8 @@ from typing import Any, TypeVar
 from quart import request
 from quart_schema import security_scheme
 
-from app.lifecycle import get_settings
-from app.problems import ApiError
+from app import deps
+from app.web.errors import ApiError
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
@@ -31,7 +31,7 @@ def require_token(func: F) -> F:
 
     @wraps(func)
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
-        token = get_settings().api_token
+        token = deps.settings().api_token
         scheme, _, offered = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not offered:
             raise _refuse("This request needs an Authorization: Bearer token.")

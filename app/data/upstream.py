@@ -2,7 +2,7 @@
 
 The blog post's `make_api_calls()` opened a new aiohttp session per request and let any
 single failure become a 500. Here one client lives for the life of the process
-(`app.lifecycle`), every call is bounded by `UPSTREAM_TIMEOUT` (waiting for a free slot
+(`app.lifespan`), every call is bounded by `UPSTREAM_TIMEOUT` (waiting for a free slot
 included), at most `UPSTREAM_MAX_CONCURRENCY` calls are in flight across all requests,
 and each failure becomes an `UpstreamError` with a code the routes map to a status.
 
@@ -26,9 +26,9 @@ from httpx_aiohttp import AiohttpTransport
 from pydantic import ValidationError
 from pydantic_core import from_json
 
-from app.metrics import UPSTREAM_CALLS, UPSTREAM_RETRIES, UPSTREAM_SECONDS
 from app.models import Post
 from app.settings import Settings
+from app.telemetry.metrics import UPSTREAM_CALLS, UPSTREAM_RETRIES, UPSTREAM_SECONDS
 
 T = TypeVar("T")
 

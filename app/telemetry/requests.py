@@ -15,9 +15,9 @@ from typing import Any
 
 from quart import Quart, Response, request
 
-from app.logs import request_id_var
-from app.loop_monitor import LoopMonitor
-from app.metrics import REQUEST_SECONDS, REQUESTS, UNMATCHED
+from app.telemetry.logs import request_id_var
+from app.telemetry.loop_monitor import LoopMonitor
+from app.telemetry.metrics import REQUEST_SECONDS, REQUESTS, UNMATCHED
 
 REQUEST_ID_HEADER = "X-Request-ID"
 VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")

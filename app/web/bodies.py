@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 from quart import Quart, Response, request
 from werkzeug.exceptions import BadRequest
 
-from app.problems import ApiError
+from app.web.errors import ApiError
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 

@@ -1,0 +1,1 @@
+"""Where data comes from: the database (pool, migrations, SQL) and the upstream API."""

@@ -1,0 +1,74 @@
+"""What lives as long as the serving process: one HTTP client, one database pool, the loop
+monitor, held together in one typed `Resources`.
+
+One `while_serving` generator opens them on the serving event loop and, when serving
+stops, closes them in the reverse order (an exit stack). They are kept on the app, not on
+`g`, which is reset after start-up; routes reach them through `app.deps`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+
+import httpx
+from quart import Quart
+
+from app.data.database import Database
+from app.data.migrate import migrate
+from app.data.upstream import Upstream, open_client
+from app.settings import Settings
+from app.telemetry.loop_monitor import LoopMonitor
+
+RESOURCES = "app.resources"
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Resources:
+    settings: Settings
+    upstream: Upstream
+    database: Database
+
+
+def register_lifespan(
+    app: Quart,
+    settings: Settings,
+    upstream_transport: httpx.AsyncBaseTransport | None,
+    monitor: LoopMonitor,
+) -> None:
+    database_url = settings.database_url
+    assert database_url is not None  # create_app refuses to build without one
+
+    @app.while_serving
+    async def lifespan() -> AsyncGenerator[None, None]:
+        async with contextlib.AsyncExitStack() as stack:
+            client = open_client(settings, upstream_transport)
+            stack.push_async_callback(client.aclose)
+            upstream = Upstream(
+                client,
+                base_url=str(settings.upstream_base_url),
+                timeout=settings.upstream_timeout,
+                max_concurrency=settings.upstream_max_concurrency,
+                max_body_bytes=settings.upstream_max_body_bytes,
+            )
+            database = Database(
+                database_url,
+                minsize=settings.db_pool_min,
+                maxsize=settings.db_pool_max,
+                query_timeout=settings.db_query_timeout,
+                pool_timeout=settings.db_pool_timeout,
+                prepare=migrate,
+            )
+            stack.push_async_callback(database.close)
+            await database.start()
+            app.extensions[RESOURCES] = Resources(settings, upstream, database)
+            app.extensions["QUART_SCHEMA"].openapi_provider.schema()  # built now, not per request
+            monitor.on_tick = database.report_pool
+            monitor.start()
+            stack.push_async_callback(monitor.stop)
+            yield
+        log.info("stopped serving; HTTP client and database pool closed")

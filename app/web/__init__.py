@@ -1,0 +1,1 @@
+"""The HTTP edge: errors, request bodies and auth, rate limit, OpenAPI, JSON."""

@@ -1,0 +1,1 @@
+"""What the tests, the benchmark and `make` share: processes, the stub, the private MariaDB."""
