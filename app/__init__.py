@@ -16,7 +16,6 @@ from app.blueprints import docs, ops, original, posts, users
 from app.lifespan import register_lifespan
 from app.settings import Settings
 from app.telemetry.loop_monitor import LoopMonitor
-from app.telemetry.metrics import register_metrics_route
 from app.telemetry.requests import register_observability
 from app.web.auth import BEARER
 from app.web.bodies import register_connection_keeping
@@ -63,7 +62,6 @@ def create_app(
     monitor = LoopMonitor(threshold=settings.loop_block_threshold)
     register_lifespan(app, settings, upstream_transport, monitor)
     register_observability(app, monitor)
-    register_metrics_route(app)
     WriteRateLimiter(app, settings.write_rate_limit)
     register_error_handlers(app)
     register_connection_keeping(app)

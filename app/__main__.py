@@ -14,8 +14,7 @@ import tempfile
 from hypercorn.config import Config
 from hypercorn.run import run
 
-from app.settings import Settings, settings_or_exit
-from app.telemetry.logs import configure_logging
+from app.settings import Settings
 from app.workers import supervise
 
 log = logging.getLogger("app.serve")
@@ -46,8 +45,8 @@ def hypercorn_config(settings: Settings) -> Config:
 
 
 def main() -> None:
-    settings, _ = settings_or_exit()
-    configure_logging(settings.log_level)
+    from app.runtime import settings  # reads the settings and sets up logging, once
+
     base = f"http://{settings.host}:{settings.port}"
     # For the person at the terminal; the JSON logs go to stderr.
     print(f"serving {base}/  docs: {base}/docs  (Ctrl-C stops)", flush=True)

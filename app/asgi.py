@@ -3,11 +3,8 @@
 import gc
 
 from app import create_app
-from app.settings import Settings
-from app.telemetry.logs import configure_logging
+from app.runtime import settings
 
-settings = Settings()
-configure_logging(settings.log_level)
 app = create_app(settings)
 
 # What exists now (modules, classes, pydantic schemas: some 75,000 objects) lives as

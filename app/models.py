@@ -18,6 +18,8 @@ from pydantic import (
 # pydantic needs typing_extensions' TypedDict before Python 3.12
 from typing_extensions import TypedDict
 
+from app.data.upstream import FailureCode, Post
+
 MAX_BATCH_IDS = 100
 
 
@@ -52,10 +54,7 @@ class ValidationProblem(Problem):
 
 class UpstreamFailure(BaseModel):
     url: str
-    code: str = Field(
-        examples=["timeout"],
-        description="not_found, timeout, unreachable, upstream_error or bad_response",
-    )
+    code: FailureCode = Field(examples=["timeout"])
     detail: str
 
 
@@ -68,19 +67,8 @@ class UpstreamProblem(Problem):
 # --- posts ----------------------------------------------------------------------------
 
 
-class Post(BaseModel):
-    """A post, as the upstream gives it."""
-
-    model_config = ConfigDict(frozen=True)
-
-    userId: int
-    id: int
-    title: str
-    body: str
-
-
 class PostError(BaseModel):
-    code: Literal["not_found", "timeout", "unreachable", "upstream_error", "bad_response"]
+    code: FailureCode
     status: int = Field(description="what GET /api/v1/posts/{id} answers for the same failure")
     detail: str
 

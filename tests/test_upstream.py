@@ -11,6 +11,7 @@ import pytest
 import respx
 
 from app.data.upstream import Upstream, UpstreamError, _classify, open_client
+from app.web.errors import UPSTREAM_STATUS
 from tests.conftest import make_settings
 
 BASE = "http://upstream.test"
@@ -141,7 +142,11 @@ async def test_each_failure_maps_to_its_code(
     with pytest.raises(UpstreamError) as caught:
         await upstream.get_json(url)
 
-    assert (caught.value.code, caught.value.status, caught.value.url) == (code, status, url)
+    assert (caught.value.code, UPSTREAM_STATUS[caught.value.code], caught.value.url) == (
+        code,
+        status,
+        url,
+    )
     assert caught.value.detail
 
 

@@ -1,22 +1,26 @@
-"""Operational routes: liveness and readiness (/metrics lives in app.telemetry.metrics)."""
+"""Operational routes: liveness, readiness, and the Prometheus metrics."""
 
 from __future__ import annotations
 
-from quart import Blueprint
-from quart_schema import tag, validate_response
+import asyncio
+
+from prometheus_client import CONTENT_TYPE_LATEST
+from quart import Blueprint, Response
+from quart_schema import tag_blueprint, validate_response
 
 from app import deps
+from app.data.database import DatabaseUnavailable
 from app.models import Health, Readiness
-from app.web.errors import ApiError
-from app.web.openapi import problems
+from app.telemetry.metrics import render
+from app.web.openapi import problems, text_response
 
 READY_TIMEOUT = 1.0
 
 blueprint = Blueprint("ops", __name__)
+tag_blueprint(blueprint, ["operations"])
 
 
 @blueprint.get("/healthz")
-@tag(["operations"])
 @validate_response(Health, 200)
 async def healthz() -> Health:
     """200 while the process serves; says nothing about the database (see /readyz)."""
@@ -24,11 +28,18 @@ async def healthz() -> Health:
 
 
 @blueprint.get("/readyz")
-@tag(["operations"])
 @validate_response(Readiness, 200)
 @problems(503)
 async def readyz() -> Readiness:
     """200 when the database answers a ping within a second; 503 when it does not."""
     if not await deps.database().ping(READY_TIMEOUT):
-        raise ApiError(503, "The database is not answering.", headers={"Retry-After": "1"})
+        raise DatabaseUnavailable("The database is not answering.")
     return Readiness()
+
+
+@blueprint.get("/metrics")
+@text_response(CONTENT_TYPE_LATEST, "Prometheus text exposition format")
+async def metrics() -> Response:
+    """Requests, upstream calls, the database pool and event-loop lag, for Prometheus."""
+    # In a thread: with several workers it reads every worker's file from disk.
+    return Response(await asyncio.to_thread(render), content_type=CONTENT_TYPE_LATEST)

@@ -8,9 +8,9 @@ from quart import Blueprint
 from quart_schema import tag, validate_querystring, validate_response
 
 from app import deps
-from app.data.upstream import UpstreamError
-from app.models import Post, PostBatch, PostError, PostFailed, PostFetched, PostsQuery
-from app.web.errors import ApiError
+from app.data.upstream import Post, UpstreamError
+from app.models import PostBatch, PostError, PostFailed, PostFetched, PostsQuery
+from app.web.errors import UPSTREAM_STATUS
 from app.web.openapi import problems
 
 blueprint = Blueprint("posts", __name__, url_prefix="/api/v1")
@@ -26,10 +26,7 @@ async def get_post(post_id: int) -> Post:
     The upstream's 404 is a 404; its timeout a 504; any other failure (refused, reset,
     5xx, not JSON, not a post) a 502. The problem's `code` says which.
     """
-    try:
-        return await deps.upstream().get_post(post_id)
-    except UpstreamError as error:
-        raise ApiError(error.status, error.detail, code=error.code) from None
+    return await deps.upstream().get_post(post_id)
 
 
 @blueprint.get("/posts")
@@ -52,7 +49,8 @@ async def get_posts(query_args: PostsQuery) -> PostBatch:
     for post_id in post_ids:
         result = results[post_id]
         if isinstance(result, UpstreamError):
-            error = PostError(code=result.code, status=result.status, detail=result.detail)
+            status = UPSTREAM_STATUS[result.code]
+            error = PostError(code=result.code, status=status, detail=result.detail)
             items.append(PostFailed(id=post_id, error=error))
         else:
             items.append(PostFetched(id=post_id, post=result))

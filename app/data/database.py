@@ -19,7 +19,6 @@ import asyncmy
 from pydantic import MySQLDsn
 
 from app.telemetry.metrics import DB_POOL_FREE, DB_POOL_SIZE
-from app.web.errors import ApiError
 
 # Every connection speaks UTC, so CURRENT_TIMESTAMP(6) columns hold UTC.
 INIT_COMMAND = "SET time_zone = '+00:00'"
@@ -48,9 +47,12 @@ async def connect(url: MySQLDsn, **extra: Any) -> asyncmy.Connection:
     return await asyncmy.connect(autocommit=True, **connect_kwargs(url), **extra)
 
 
-class DatabaseUnavailable(ApiError):
+class DatabaseUnavailable(Exception):
+    """The database did not answer, or not in time; the web edge answers 503."""
+
     def __init__(self, detail: str = "The database is not answering; try again shortly.") -> None:
-        super().__init__(503, detail, headers={"Retry-After": "1"})
+        super().__init__(detail)
+        self.detail = detail
 
 
 # Errors that mean the server is gone, not that the query is wrong.

@@ -23,28 +23,30 @@ from typing import Any, Literal, TypeVar
 import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic_core import from_json
 
-from app.models import Post
 from app.settings import Settings
 from app.telemetry.metrics import UPSTREAM_CALLS, UPSTREAM_RETRIES, UPSTREAM_SECONDS
 
 T = TypeVar("T")
 
+
+class Post(BaseModel):
+    """A post, as the upstream gives it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    userId: int
+    id: int
+    title: str
+    body: str
+
+
 FailureCode = Literal["not_found", "timeout", "unreachable", "upstream_error", "bad_response"]
 
 RETRIES = 2
 RETRY_PAUSE = 0.05  # seconds, times the attempt number, with jitter
-
-# The status a single-resource route answers for each failure.
-STATUS_FOR: dict[FailureCode, int] = {
-    "not_found": 404,
-    "timeout": 504,
-    "unreachable": 502,
-    "upstream_error": 502,
-    "bad_response": 502,
-}
 
 
 class UpstreamError(Exception):
@@ -53,10 +55,6 @@ class UpstreamError(Exception):
         self.url = url
         self.code = code
         self.detail = detail
-
-    @property
-    def status(self) -> int:
-        return STATUS_FOR[self.code]
 
 
 class NoCookies(http.cookiejar.CookiePolicy):

@@ -8,11 +8,9 @@ worker answers for all of them.
 
 from __future__ import annotations
 
-import asyncio
 import os
 
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Gauge,
@@ -20,10 +18,6 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
-from quart import Quart, Response
-from quart_schema import tag
-
-from app.web.openapi import text_response
 
 REQUESTS = Counter("http_requests_total", "Requests answered.", ["method", "route", "status"])
 REQUEST_SECONDS = Histogram(
@@ -67,13 +61,3 @@ def render() -> bytes:
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return generate_latest(registry)
     return generate_latest()
-
-
-def register_metrics_route(app: Quart) -> None:
-    @app.get("/metrics")
-    @tag(["operations"])
-    @text_response(CONTENT_TYPE_LATEST, "Prometheus text exposition format")
-    async def metrics() -> Response:
-        """Requests, upstream calls, the database pool and event-loop lag, for Prometheus."""
-        # In a thread: with several workers it reads every worker's file from disk.
-        return Response(await asyncio.to_thread(render), content_type=CONTENT_TYPE_LATEST)

@@ -18,7 +18,19 @@ from quart_schema import RequestSchemaValidationError
 from quart_schema.validation import QuerystringValidationError
 from werkzeug.exceptions import HTTPException
 
+from app.data.database import DatabaseUnavailable
+from app.data.upstream import FailureCode, UpstreamError
+
 PROBLEM_JSON = "application/problem+json"
+
+# The status a single-resource route answers for each upstream failure.
+UPSTREAM_STATUS: dict[FailureCode, int] = {
+    "not_found": 404,
+    "timeout": 504,
+    "unreachable": 502,
+    "upstream_error": 502,
+    "bad_response": 502,
+}
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +99,14 @@ def register_error_handlers(app: Quart) -> None:
             headers=error.headers,
             **error.extensions,
         )
+
+    @app.errorhandler(DatabaseUnavailable)
+    async def database_unavailable(error: DatabaseUnavailable) -> Response:
+        return problem_response(503, error.detail, headers={"Retry-After": "1"})
+
+    @app.errorhandler(UpstreamError)
+    async def upstream_failed(error: UpstreamError) -> Response:
+        return problem_response(UPSTREAM_STATUS[error.code], error.detail, code=error.code)
 
     @app.errorhandler(RequestSchemaValidationError)
     async def invalid_request(error: RequestSchemaValidationError) -> Response:
