@@ -17,12 +17,12 @@ from app.lifespan import register_lifespan
 from app.settings import Settings
 from app.telemetry.loop_monitor import LoopMonitor
 from app.telemetry.requests import register_observability
-from app.web.auth import BEARER
-from app.web.bodies import register_connection_keeping
 from app.web.errors import register_error_handlers
+from app.web.keep_alive import register_connection_keeping
 from app.web.openapi import ProblemAwareOpenAPIProvider
 from app.web.rate_limit import WriteRateLimiter
 from app.web.serialization import PydanticJSONProvider, use_cached_type_adapters
+from app.web.writes import BEARER
 
 use_cached_type_adapters()
 
@@ -61,10 +61,18 @@ def create_app(
 
     monitor = LoopMonitor(threshold=settings.loop_block_threshold)
     register_lifespan(app, settings, upstream_transport, monitor)
-    register_observability(app, monitor)
-    WriteRateLimiter(app, settings.write_rate_limit)
     register_error_handlers(app)
+
+    # Request hooks, in the order they must run. Quart runs before_request hooks in the
+    # order they were registered and after_request hooks in the reverse order, so:
+    # 1. the request's id, log line and metrics: first to see a request, last to see its
+    #    answer, whatever refused it (a 429, a 413) or changed it (Connection: close);
+    register_observability(app, monitor)
+    # 2. the write budget: a 429 before any route runs;
+    WriteRateLimiter(app, settings.write_rate_limit)
+    # 3. first to see an error answer: lets a refused body arrive, or says close.
     register_connection_keeping(app)
+
     for module in (original, posts, users, ops, docs):
         app.register_blueprint(module.blueprint)
     if settings.cors_origins:

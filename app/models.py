@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    AwareDatetime,
     BaseModel,
     ConfigDict,
     EmailStr,
@@ -19,6 +18,7 @@ from pydantic import (
 from typing_extensions import TypedDict
 
 from app.data.upstream import FailureCode, Post
+from app.data.users import User
 
 MAX_BATCH_IDS = 100
 
@@ -124,39 +124,12 @@ def parse_ids(value: str) -> list[int]:
 # --- users ----------------------------------------------------------------------------
 
 
-class User(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    id: int = Field(examples=[1])
-    name: str = Field(examples=["Ada Lovelace"])
-    email: str = Field(examples=["ada@example.com"])
-    # The queries give these as RFC 3339 UTC text (app.data.users.USER_COLUMNS).
-    created_at: AwareDatetime = Field(description="RFC 3339, UTC")
-    updated_at: AwareDatetime = Field(description="RFC 3339, UTC")
-
-
-class UserRow(TypedDict):
-    """A users row as app.data.users returns it: the shape of User, times as text."""
-
-    id: int
-    name: str
-    email: str
-    created_at: str
-    updated_at: str
-
-
-class UserRowPage(TypedDict):
-    """UserPage as the list route builds it: rows straight from the query, not models."""
-
-    items: list[UserRow]
-    next_after: int | None
-
-
-class UserPage(BaseModel):
+class UserPage(TypedDict):
     items: list[User]
-    next_after: int | None = Field(
-        description="pass as `after` for the next page; null when this is the last"
-    )
+    next_after: Annotated[
+        int | None,
+        Field(description="pass as `after` for the next page; null when this is the last"),
+    ]
 
 
 class UsersQuery(BaseModel):

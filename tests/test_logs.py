@@ -8,7 +8,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from app import create_app
 from app.telemetry.logs import JsonLineFormatter, configure_logging, request_id_var
+from tests.conftest import make_settings
 
 
 @pytest.fixture
@@ -46,3 +48,34 @@ def test_httpx_logs_each_upstream_call_only_at_debug(level: str, per_call_lines:
     configure_logging(level)
 
     assert logging.getLogger("httpx").isEnabledFor(logging.INFO) is per_call_lines
+
+
+async def test_refusals_before_any_route_carry_the_request_id_and_a_log_line(
+    migrated: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # pinned by the order of the request hooks in create_app
+    settings = make_settings(migrated, api_token="t", write_rate_limit="1/minute")
+    app = create_app(settings.model_copy(update={"max_body_bytes": 1024}))
+    headers = {"Authorization": "Bearer t", "Content-Type": "application/json"}
+    caplog.set_level(logging.INFO, logger="app.access")
+
+    async with app.test_app() as running:
+        client = running.test_client()
+        too_large = await client.post(
+            "/api/v1/users", data=b'{"name": "' + b"x" * 2048 + b'"}',
+            headers={**headers, "X-Request-ID": "too-large-1"},
+        )  # fmt: skip
+        limited = await client.post(
+            "/api/v1/users", json={"name": "a", "email": "a@example.com"},
+            headers={**headers, "X-Request-ID": "limited-1"},
+        )  # fmt: skip
+
+    assert (too_large.status_code, limited.status_code) == (413, 429)
+    assert too_large.headers["X-Request-ID"] == "too-large-1"
+    assert limited.headers["X-Request-ID"] == "limited-1"
+    logged = {
+        (getattr(record, "request_id", None), getattr(record, "status", None))
+        for record in caplog.records
+        if record.name == "app.access"
+    }
+    assert {("too-large-1", 413), ("limited-1", 429)} <= logged

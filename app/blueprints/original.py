@@ -6,12 +6,12 @@ from typing import Any
 
 from pydantic import TypeAdapter
 from quart import Blueprint, Response
-from quart_schema import document_response, tag
+from quart_schema import document_response, tag_blueprint
 
 from app import deps
 from app.data.upstream import UpstreamError
-from app.data.users import select_users
-from app.models import UpstreamProblem, User, UserRow
+from app.data.users import User, select_users
+from app.models import UpstreamProblem
 from app.web.errors import ApiError
 from app.web.openapi import problems
 from app.web.serialization import json_response
@@ -19,14 +19,14 @@ from app.web.serialization import json_response
 DB_ROUTE_LIMIT = 1000
 
 blueprint = Blueprint("original", __name__)
+tag_blueprint(blueprint, ["original"])
 
 # The blog's `/` answers whatever JSON each upstream gives.
 upstream_bodies = TypeAdapter(list[Any])
-user_rows = TypeAdapter(list[UserRow])
+users_json = TypeAdapter(list[User])
 
 
 @blueprint.get("/")
-@tag(["original"])
 @document_response(list[Any], 200)
 @document_response(UpstreamProblem, 502)
 @document_response(UpstreamProblem, 504)
@@ -49,7 +49,6 @@ async def index() -> Response:
 
 
 @blueprint.get("/db")
-@tag(["original"])
 @document_response(list[User], 200)
 @problems(503)
 async def users() -> Response:
@@ -58,4 +57,4 @@ async def users() -> Response:
         rows = await select_users(connection, limit=DB_ROUTE_LIMIT)
     # Up to 1,000 rows: serialised straight from the rows (types checked as they are
     # written) rather than built into User models first; the JSON is the same.
-    return json_response(user_rows, rows)
+    return json_response(users_json, rows)

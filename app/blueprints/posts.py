@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from quart import Blueprint
-from quart_schema import tag, validate_querystring, validate_response
+from quart_schema import tag_blueprint, validate_querystring, validate_response
 
 from app import deps
 from app.data.upstream import Post, UpstreamError
@@ -14,10 +14,10 @@ from app.web.errors import UPSTREAM_STATUS
 from app.web.openapi import problems
 
 blueprint = Blueprint("posts", __name__, url_prefix="/api/v1")
+tag_blueprint(blueprint, ["posts"])
 
 
 @blueprint.get("/posts/<int:post_id>")
-@tag(["posts"])
 @validate_response(Post, 200)
 @problems(404, 502, 504)
 async def get_post(post_id: int) -> Post:
@@ -30,7 +30,6 @@ async def get_post(post_id: int) -> Post:
 
 
 @blueprint.get("/posts")
-@tag(["posts"])
 @validate_querystring(PostsQuery)
 @validate_response(PostBatch, 200)
 @problems(422)

@@ -1,32 +1,52 @@
-"""Statements on the `users` table. Parameters are always bound, never formatted in."""
+"""The `users` table: the row type and every statement on it, parameters always bound.
+
+A `User` is a row exactly as these statements return it, and exactly what the API
+answers: the routes serialise rows straight to JSON through a TypeAdapter, which checks
+each field's type as it writes (building pydantic models first cost five times as much,
+about 110 us more for 50 users). Adding a column: see "Add a column" in the README.
+"""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from typing import Annotated
+
 import asyncmy
 from asyncmy.cursors import DictCursor
+from pydantic import Field
 
-from app.models import UserRow
+# pydantic needs typing_extensions' TypedDict before Python 3.12
+from typing_extensions import TypedDict
 
-# MariaDB's error for a duplicate key: here only users_email_key can raise it.
-DUPLICATE_KEY = 1062
+RFC3339 = {"format": "date-time"}
 
-# Times leave the database as RFC 3339 UTC text (every connection runs in UTC): pydantic
-# then reads them in Rust, where a Python validator per naive datetime cost ~2 us a row.
-# '%%' because the statements take parameters.
+
+class User(TypedDict):
+    id: Annotated[int, Field(examples=[1])]
+    name: Annotated[str, Field(examples=["Ada Lovelace"])]
+    email: Annotated[str, Field(examples=["ada@example.com"])]
+    created_at: Annotated[str, Field(description="RFC 3339, UTC", json_schema_extra=RFC3339)]
+    updated_at: Annotated[str, Field(description="RFC 3339, UTC", json_schema_extra=RFC3339)]
+
+
+# Times leave the database as RFC 3339 UTC text (every connection runs in UTC), so no
+# Python code touches them per row. '%%' because the statements take parameters.
 USER_COLUMNS = (
     "id, name, email,"
     " DATE_FORMAT(created_at, '%%Y-%%m-%%dT%%H:%%i:%%s.%%fZ') AS created_at,"
     " DATE_FORMAT(updated_at, '%%Y-%%m-%%dT%%H:%%i:%%s.%%fZ') AS updated_at"
 )
 
+# MariaDB's error for a duplicate key: here only users_email_key can raise it.
+DUPLICATE_KEY = 1062
+
 
 class EmailTaken(Exception):
     pass
 
 
-async def select_users(
-    connection: asyncmy.Connection, *, after: int = 0, limit: int
-) -> list[UserRow]:
+async def select_users(connection: asyncmy.Connection, *, after: int = 0, limit: int) -> list[User]:
     async with connection.cursor(DictCursor) as cursor:
         await cursor.execute(
             # only the constant USER_COLUMNS is formatted in; values are bound
@@ -37,28 +57,24 @@ async def select_users(
         return list(await cursor.fetchall())
 
 
-async def select_user(connection: asyncmy.Connection, *, user_id: int) -> UserRow | None:
+async def select_user(connection: asyncmy.Connection, *, user_id: int) -> User | None:
     async with connection.cursor(DictCursor) as cursor:
         await cursor.execute(
             f"SELECT {USER_COLUMNS} FROM users WHERE id = %(id)s",  # noqa: S608
             {"id": user_id},
         )
-        row: UserRow | None = await cursor.fetchone()
+        row: User | None = await cursor.fetchone()
         return row
 
 
 async def insert_user(connection: asyncmy.Connection, *, name: str, email: str) -> int:
     """The new user's id; EmailTaken when the address is in use, whatever its case."""
     async with connection.cursor() as cursor:
-        try:
+        with _unique_email(email):
             await cursor.execute(
                 "INSERT INTO users (name, email) VALUES (%(name)s, %(email)s)",
                 {"name": name, "email": email},
             )
-        except asyncmy.errors.IntegrityError as error:
-            if error.args[0] == DUPLICATE_KEY:
-                raise EmailTaken(email) from None
-            raise
         user_id: int = cursor.lastrowid
         return user_id
 
@@ -68,17 +84,13 @@ async def update_user(
 ) -> None:
     """Set the fields given (None keeps the stored value); EmailTaken as for insert_user."""
     async with connection.cursor() as cursor:
-        try:
+        with _unique_email(email):
             await cursor.execute(
                 "UPDATE users"
                 " SET name = COALESCE(%(name)s, name), email = COALESCE(%(email)s, email)"
                 " WHERE id = %(id)s",
                 {"id": user_id, "name": name, "email": email},
             )
-        except asyncmy.errors.IntegrityError as error:
-            if error.args[0] == DUPLICATE_KEY:
-                raise EmailTaken(email) from None
-            raise
 
 
 async def delete_user(connection: asyncmy.Connection, *, user_id: int) -> bool:
@@ -87,3 +99,13 @@ async def delete_user(connection: asyncmy.Connection, *, user_id: int) -> bool:
         await cursor.execute("DELETE FROM users WHERE id = %(id)s", {"id": user_id})
         deleted: bool = cursor.rowcount == 1
         return deleted
+
+
+@contextlib.contextmanager
+def _unique_email(email: str | None) -> Iterator[None]:
+    try:
+        yield
+    except asyncmy.errors.IntegrityError as error:
+        if error.args[0] == DUPLICATE_KEY:
+            raise EmailTaken(email) from None
+        raise

@@ -20,6 +20,7 @@ from werkzeug.exceptions import HTTPException
 
 from app.data.database import DatabaseUnavailable
 from app.data.upstream import FailureCode, UpstreamError
+from app.data.users import EmailTaken
 
 PROBLEM_JSON = "application/problem+json"
 
@@ -103,6 +104,10 @@ def register_error_handlers(app: Quart) -> None:
     @app.errorhandler(DatabaseUnavailable)
     async def database_unavailable(error: DatabaseUnavailable) -> Response:
         return problem_response(503, error.detail, headers={"Retry-After": "1"})
+
+    @app.errorhandler(EmailTaken)
+    async def email_taken(error: EmailTaken) -> Response:
+        return problem_response(409, "Another user has this email address (emails ignore case).")
 
     @app.errorhandler(UpstreamError)
     async def upstream_failed(error: UpstreamError) -> Response:

@@ -1,37 +1,10 @@
-"""JSON request bodies: the checks that come before schema validation."""
+"""A refusal sent before the request body was read must not break a kept-alive connection."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from functools import wraps
-from typing import Any, TypeVar
 
 from quart import Quart, Response, request
-from werkzeug.exceptions import BadRequest
-
-from app.web.errors import ApiError
-
-F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
-
-
-def require_json(func: F) -> F:
-    """415 unless the body is declared `application/json`; 400 unless it parses as JSON."""
-
-    @wraps(func)
-    async def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if request.mimetype != "application/json":
-            raise ApiError(415, "Send the body as application/json.")
-        try:
-            await request.get_json()  # cached for validate_request
-        except (BadRequest, UnicodeDecodeError):
-            raise ApiError(
-                400, "The body is not valid JSON (UTF-8, nested at most 200 levels deep)."
-            ) from None
-        return await func(*args, **kwargs)
-
-    return wrapper  # type: ignore[return-value]
-
 
 DRAIN_TIMEOUT = 5.0
 # Past this, a refused body is not worth reading to the end: the answer says close.
