@@ -30,7 +30,7 @@ users_json = TypeAdapter(list[User])
 @document_response(list[Any], 200)
 @document_response(UpstreamProblem, 502)
 @document_response(UpstreamProblem, 504)
-async def index() -> Response:
+async def original_index() -> Response:
     """Every URL in UPSTREAM_URLS, fetched at once; their JSON bodies in order.
 
     If any call fails the answer is 502 (504 when one timed out), listing each failure.
@@ -51,7 +51,7 @@ async def index() -> Response:
 @blueprint.get("/db")
 @document_response(list[User], 200)
 @problems(503)
-async def users() -> Response:
+async def original_db() -> Response:
     """The users, ordered by id, at most 1,000."""
     async with deps.database().connection() as connection:
         rows = await select_users(connection, limit=DB_ROUTE_LIMIT)

@@ -10,7 +10,11 @@ from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any, TypeVar
 
+from pydantic import BaseModel
 from quart_schema import OpenAPIProvider, document_response
+from quart_schema.openapi import QUART_SCHEMA_OPERATION_ID_ATTRIBUTE
+from quart_schema.validation import DataSource
+from typing_extensions import is_typeddict
 from werkzeug.routing import Rule
 
 from app.models import Problem, ValidationProblem
@@ -62,6 +66,34 @@ class ProblemAwareOpenAPIProvider(OpenAPIProvider):
             self._document = super().schema()
         return self._document
 
+    def operation_id(self, method: str, path: str, func: Callable[..., Any]) -> str | None:
+        # quart-schema gives f"{method}_{name}" (get_get_user); each view serves one method
+        # and its name is already a verb phrase: listUsers, createUser, getPost.
+        explicit: str | None = getattr(func, QUART_SCHEMA_OPERATION_ID_ATTRIBUTE, None)
+        first, *rest = func.__name__.split("_")
+        return explicit or first + "".join(word.capitalize() for word in rest)
+
+    def build_response_object(
+        self, model: type[Any], headers_model: type[Any] | None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        # Inline, the same schema under several statuses or operations becomes a new class
+        # each time in a generated client (three User classes, eight Problem classes).
+        response, definitions = super().build_response_object(model, headers_model)
+        if _named(model):
+            _to_component(response["content"]["application/json"], model, definitions)
+        else:
+            response["description"] = ""  # not list's docstring: build_paths fills the phrase
+        return response, definitions
+
+    def build_request_body(
+        self, model: type[Any], source: DataSource
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        body, definitions = super().build_request_body(model, source)
+        if _named(model):
+            for media in body["content"].values():
+                _to_component(media, model, definitions)
+        return body, definitions
+
     def build_querystring_parameters(
         self, model: type[Any]
     ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -96,3 +128,14 @@ class ProblemAwareOpenAPIProvider(OpenAPIProvider):
                     if not response.get("description"):
                         response["description"] = HTTPStatus(int(status)).phrase
         return paths, components
+
+
+def _named(model: object) -> bool:
+    """A model of its own (a pydantic model or a TypedDict), not a list or Any."""
+    return isinstance(model, type) and (issubclass(model, BaseModel) or is_typeddict(model))
+
+
+def _to_component(media: dict[str, Any], model: type[Any], definitions: dict[str, Any]) -> None:
+    """Move the model's schema to components/schemas/<its name> and point at it there."""
+    definitions[model.__name__] = media["schema"]
+    media["schema"] = {"$ref": f"#/components/schemas/{model.__name__}"}
