@@ -129,7 +129,7 @@ async def test_a_frozen_database_costs_a_503_within_the_query_timeout(tmp_path: 
                 await asyncio.sleep(1.0)
                 async with httpx.AsyncClient(base_url=service.base, timeout=10) as client:
                     ready = await client.get("/readyz")
-                await asyncio.sleep(2.0)
+                await asyncio.sleep(5.0)
             finally:
                 os.kill(pid, signal.SIGCONT)
             thawed_at = time.monotonic()
@@ -146,8 +146,8 @@ async def test_a_frozen_database_costs_a_503_within_the_query_timeout(tmp_path: 
         assert during, "no request was answered while the database was frozen"
         assert {a.status for a in answers} <= {200, 404, 503}
         assert 503 in {a.status for a in during}
-        # 1 s of DB_QUERY_TIMEOUT; generous for a loaded machine, far from a hang (3 s)
-        assert max(a.finished - a.started for a in answers) < 2.0
+        # 1 s of DB_QUERY_TIMEOUT; generous for a loaded machine, far from a hang (6 s)
+        assert max(a.finished - a.started for a in answers) < 3.0
         assert {a.status for a in health} == {200}
         assert [a for a in answers if a.started > thawed_at + 0.5 and a.status == 503] == []
         assert service_log == []

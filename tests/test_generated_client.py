@@ -74,24 +74,27 @@ def test_every_answer_parses_to_a_model(service: Service, client_package: Module
     patch = importlib.import_module(f"{api.__name__}.patch_user")
     list_users = importlib.import_module(f"{api.__name__}.list_users")
     get_post = importlib.import_module(f"{posts.__name__}.get_post")
-    token = client_package.AuthenticatedClient(base_url=service.base, token=E2E_TOKEN)
-    anonymous = client_package.Client(base_url=service.base)
-    email = "generated-client@example.com"
-    stranger = models.UserCreate(name="x", email="x@example.com")
+    with (
+        client_package.AuthenticatedClient(base_url=service.base, token=E2E_TOKEN) as token,
+        client_package.Client(base_url=service.base) as anonymous,
+    ):
+        email = "generated-client@example.com"
+        stranger = models.UserCreate(name="x", email="x@example.com")
+        rename = models.UserPatch(name="G")
 
-    created = create.sync(client=token, body=models.UserCreate(name="Gen", email=email))
-    answers = {
-        "created": created,
-        "read": get_user.sync(client=anonymous, user_id=created.id),
-        "page": list_users.sync(client=anonymous, limit=1),
-        "unauthorised": create.sync(client=anonymous, body=stranger),
-        "taken": create.sync(client=token, body=models.UserCreate(name="Gen", email=email)),
-        "invalid": list_users.sync(client=anonymous, limit=0),
-        "missing": get_user.sync(client=anonymous, user_id=10**12),
-        "patched": patch.sync(client=token, user_id=created.id, body=models.UserPatch(name="G")),
-        "post": get_post.sync(client=anonymous, post_id=7),
-        "no post": get_post.sync(client=anonymous, post_id=1000),
-    }  # fmt: skip
+        created = create.sync(client=token, body=models.UserCreate(name="Gen", email=email))
+        answers = {
+            "created": created,
+            "read": get_user.sync(client=anonymous, user_id=created.id),
+            "page": list_users.sync(client=anonymous, limit=1),
+            "unauthorised": create.sync(client=anonymous, body=stranger),
+            "taken": create.sync(client=token, body=models.UserCreate(name="Gen", email=email)),
+            "invalid": list_users.sync(client=anonymous, limit=0),
+            "missing": get_user.sync(client=anonymous, user_id=10**12),
+            "patched": patch.sync(client=token, user_id=created.id, body=rename),
+            "post": get_post.sync(client=anonymous, post_id=7),
+            "no post": get_post.sync(client=anonymous, post_id=1000),
+        }  # fmt: skip
 
     kinds = {name: type(answer).__name__ for name, answer in answers.items()}
     assert kinds == {
