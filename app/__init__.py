@@ -20,11 +20,9 @@ from app.telemetry.requests import register_observability
 from app.web.errors import register_error_handlers
 from app.web.keep_alive import register_connection_keeping
 from app.web.openapi import ProblemAwareOpenAPIProvider
-from app.web.rate_limit import WriteRateLimiter
+from app.web.rate_limit import register_write_budget
 from app.web.serialization import PydanticJSONProvider, use_cached_type_adapters
 from app.web.writes import BEARER
-
-use_cached_type_adapters()
 
 
 def create_app(
@@ -58,6 +56,7 @@ def create_app(
 
     # After QuartSchema, which installs a JSON provider of its own.
     app.json = PydanticJSONProvider(app)
+    use_cached_type_adapters()
 
     monitor = LoopMonitor(threshold=settings.loop_block_threshold)
     register_lifespan(app, settings, upstream_transport, monitor)
@@ -69,7 +68,7 @@ def create_app(
     #    answer, whatever refused it (a 429, a 413) or changed it (Connection: close);
     register_observability(app, monitor)
     # 2. the write budget: a 429 before any route runs;
-    WriteRateLimiter(app, settings.write_rate_limit)
+    register_write_budget(app, settings.write_rate_limit)
     # 3. first to see an error answer: lets a refused body arrive, or says close.
     register_connection_keeping(app)
 

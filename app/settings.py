@@ -6,11 +6,10 @@ the variable, so the service never starts half-configured.
 
 from __future__ import annotations
 
-import re
 import sys
-from datetime import timedelta
 from typing import Annotated, Literal
 
+import limits
 from pydantic import (
     Field,
     HttpUrl,
@@ -21,8 +20,6 @@ from pydantic import (
     model_validator,
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-
-RATE_LIMIT = re.compile(r"^\s*(\d+)\s*/\s*(second|minute|hour|day)\s*$")
 
 
 def _split_commas(value: object) -> object:
@@ -81,7 +78,7 @@ class Settings(BaseSettings):
     @classmethod
     def _rate_limit_form(cls, value: str) -> str:
         try:
-            parse_rate_limit(value)
+            limits.parse(value)
         except ValueError:
             raise ValueError("expected COUNT/UNIT, UNIT one of second, minute, hour, day") from None
         return value
@@ -104,13 +101,6 @@ class Settings(BaseSettings):
                 self, "upstream_urls", [HttpUrl(f"{base}/posts/1"), HttpUrl(f"{base}/posts/2")]
             )
         return self
-
-
-def parse_rate_limit(value: str) -> tuple[int, timedelta]:
-    match = RATE_LIMIT.match(value)
-    if match is None:
-        raise ValueError(value)
-    return int(match[1]), timedelta(**{f"{match[2]}s": 1})
 
 
 def describe_error(error: ValidationError) -> str:

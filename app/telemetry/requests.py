@@ -11,9 +11,9 @@ import logging
 import random
 import re
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
-from quart import Quart, Response, request
+from quart import Quart, Response, g, request
 
 from app.telemetry.logs import request_id_var
 from app.telemetry.loop_monitor import LoopMonitor
@@ -40,6 +40,14 @@ def histogram(method: str, route: str) -> Any:
     return REQUEST_SECONDS.labels(method, route)
 
 
+class Observed(NamedTuple):
+    """What the start of a request leaves for its end (on `g`, which lives as long as it)."""
+
+    request_id: str
+    route: str
+    started: float | None
+
+
 def new_request_id() -> str:
     # A correlation id, not a secret: the non-cryptographic generator is enough, and
     # unlike uuid4 or secrets it costs no system call per request.
@@ -49,25 +57,23 @@ def new_request_id() -> str:
 def register_observability(app: Quart, monitor: LoopMonitor) -> None:
     @app.before_request
     async def start() -> None:
-        current = request._get_current_object()  # type: ignore[attr-defined]
-        offered = current.headers.get(REQUEST_ID_HEADER)
+        offered = request.headers.get(REQUEST_ID_HEADER)
         if offered is None or not VALID_REQUEST_ID.fullmatch(offered):
             offered = new_request_id()
         request_id_var.set(offered)
-        route = current.url_rule.rule if current.url_rule is not None else UNMATCHED
-        current.scope["app.observed"] = (offered, route, time.perf_counter())
+        route = request.url_rule.rule if request.url_rule is not None else UNMATCHED
+        g.observed = Observed(offered, route, time.perf_counter())
         monitor.enter(route)
 
     @app.after_request
     async def finish(response: Response) -> Response:
-        current = request._get_current_object()  # type: ignore[attr-defined]
-        observed = current.scope.get("app.observed")
-        if not isinstance(observed, tuple):  # failed before `start` ran
-            observed = (new_request_id(), UNMATCHED, None)
+        observed = g.get("observed")
+        if observed is None:  # failed before `start` ran
+            observed = Observed(new_request_id(), UNMATCHED, None)
         request_id, route, started = observed
         response.headers[REQUEST_ID_HEADER] = request_id
         status = response.status_code
-        method = current.method if current.method in METHODS else "other"
+        method = request.method if request.method in METHODS else "other"
         counter(method, route, status).inc()
         duration = time.perf_counter() - started if started is not None else None
         if duration is not None:
@@ -77,18 +83,18 @@ def register_observability(app: Quart, monitor: LoopMonitor) -> None:
                 "request",
                 extra={
                     "request_id": request_id,
-                    "method": current.method,
-                    "path": current.path,
+                    "method": request.method,
+                    "path": request.path,
                     "route": route if route != UNMATCHED else None,
                     "status": status,
                     "duration_ms": round(duration * 1000, 3) if duration is not None else None,
-                    "client": current.remote_addr,
+                    "client": request.remote_addr,
                 },
             )
         return response
 
     @app.teardown_request
     async def leave(exc: BaseException | None) -> None:
-        observed = request.scope.get("app.observed")
-        if isinstance(observed, tuple):
-            monitor.leave(observed[1])
+        observed = g.get("observed")
+        if observed is not None:
+            monitor.leave(observed.route)

@@ -1,52 +1,48 @@
-"""WRITE_RATE_LIMIT: writes per client address, with quart-rate-limiter.
+"""WRITE_RATE_LIMIT: one budget of writes per client, counted with the `limits` library.
 
-The library keys a limit per route; the spec counts every write of an address
-together, so the key leaves the route out. Reads are never limited and carry no
-RateLimit-* headers. The store is the library's in-memory one: per process, so with
+Every write of a client counts against the same budget, whichever route it goes to; reads
+are never counted. The client is the address of the connection's peer: a forwarded header
+(`X-Forwarded-For`) is not believed, since any client can invent one to escape its budget.
+The window is a moving one, kept in limits' in-memory storage: per process, so with
 WORKERS=N or several instances each keeps its own count (see the README).
-
-A client is the address of the connection's peer. The library's default believes the
-left-most `X-Forwarded-For` address, which any client can invent to escape its budget.
 """
 
 from __future__ import annotations
 
-from quart import Quart, Response, request
-from quart_rate_limiter import RateLimit, RateLimiter
+import math
+import time
 
-from app.settings import parse_rate_limit
+from limits import RateLimitItem, parse
+from limits.aio.storage import MemoryStorage
+from limits.aio.strategies import MovingWindowRateLimiter
+from quart import Quart, request
+
+from app.web.errors import ApiError
 
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+NAMESPACE = "writes"
 
 
-async def peer_address() -> str:
-    return request.remote_addr or ""
+class WriteBudget:
+    def __init__(self, limit: str) -> None:
+        self.limit: RateLimitItem = parse(limit)
+        self.limiter = MovingWindowRateLimiter(MemoryStorage())
+
+    async def spend(self) -> None:
+        """Count a write against its client's budget; 429 with Retry-After when it is spent."""
+        if request.method not in WRITE_METHODS:
+            return
+        client = request.remote_addr or ""
+        if await self.limiter.hit(self.limit, NAMESPACE, client):
+            return
+        stats = await self.limiter.get_window_stats(self.limit, NAMESPACE, client)
+        retry_after = max(1, math.ceil(stats.reset_time - time.time()))
+        raise ApiError(
+            429,
+            f"This client has spent its budget of {self.limit}; try again later.",
+            headers={"Retry-After": str(retry_after)},
+        )
 
 
-class WriteRateLimiter(RateLimiter):
-    def __init__(self, app: Quart, limit: str) -> None:
-        count, period = parse_rate_limit(limit)
-        super().__init__(default_limits=[RateLimit(count, period)], key_function=peer_address)
-        self.init_app(app)
-
-    def init_app(self, app: Quart, enabled: bool = True) -> None:
-        # The library's hooks run on every request; reads need none of them, and every
-        # request pays for each hook, so ours call the library's for writes only.
-        async def before_write() -> None:
-            if request.method in WRITE_METHODS:
-                await self._before_request()
-
-        async def after_write(response: Response) -> Response:
-            if request.method in WRITE_METHODS:
-                return await self._after_request(response)
-            return response
-
-        app.before_request(before_write)
-        app.after_request(after_write)
-        app.before_serving(self._before_serving)
-        app.after_serving(self._after_serving)
-        app.config.setdefault("QUART_RATE_LIMITER_ENABLED", enabled)
-
-    async def _create_key(self, endpoint: str, rate_limit: RateLimit) -> str:
-        # one budget per address for all write routes together
-        return await super()._create_key("writes", rate_limit)
+def register_write_budget(app: Quart, limit: str) -> None:
+    app.before_request(WriteBudget(limit).spend)

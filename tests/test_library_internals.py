@@ -1,0 +1,52 @@
+"""The few private parts of libraries the service relies on, each checked so that an
+upgrade that changes one fails here, loudly, rather than in production, quietly.
+
+- quart's request Body marks the end of a body with an `asyncio.Event` `_complete`
+  (app.web.keep_alive waits on it before answering a refusal; there is no public way).
+- logging's `_srcfile`, set to None to skip the caller look-up on every log line (the
+  logging HOWTO's "Optimization" section documents it).
+- quart-schema's conversion module builds a pydantic `TypeAdapter` by that module-level
+  name on every validation; app.web.serialization swaps in a cached one (one per type).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import quart_schema.conversion
+from quart.wrappers.request import Body
+from quart_schema import validate_response
+
+from app import create_app
+from app.web.serialization import cached_type_adapter
+from tests.conftest import make_settings
+
+
+def test_quart_s_body_says_when_it_is_complete() -> None:
+    body = Body(expected_content_length=1, max_content_length=10)
+
+    assert isinstance(body._complete, asyncio.Event)
+    body.append(b"x")
+    body.set_complete()
+    assert body._complete.is_set()
+
+
+def test_logging_still_has_the_caller_look_up_switch() -> None:
+    assert hasattr(logging, "_srcfile")
+
+
+async def test_quart_schema_validates_through_the_cached_type_adapter() -> None:
+    app = create_app(make_settings("mysql://u:p@127.0.0.1:1/db"))
+
+    @app.get("/canary")
+    @validate_response(dict[str, int], 200)
+    async def canary() -> dict[str, int]:
+        return {"n": 1}
+
+    cached_type_adapter.cache_clear()
+    response = await app.test_client().get("/canary")
+
+    assert response.status_code == 200
+    assert getattr(quart_schema.conversion, "TypeAdapter") is cached_type_adapter  # noqa: B009
+    assert cached_type_adapter.cache_info().currsize >= 1
