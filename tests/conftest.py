@@ -10,7 +10,6 @@ import logging
 import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import asyncmy
 import httpx
@@ -26,10 +25,7 @@ from app.data.migrate import migrate
 from app.settings import Settings
 from tests.support.devdb import PrivateMariaDB
 from tests.support.processes import Service, free_port, running_service, upstream_stub
-
-UPSTREAM = "http://upstream.test"
-# The bearer token of the service the end-to-end tests share.
-E2E_TOKEN = "e2e-token"
+from tests.support.settings import E2E_TOKEN, make_settings
 
 
 @pytest.fixture(scope="session")
@@ -58,22 +54,6 @@ def database_url(mariadb: PrivateMariaDB | None) -> str:
 async def migrated(database_url: str) -> str:
     await migrate(TypeAdapter(MySQLDsn).validate_python(database_url))
     return database_url
-
-
-def make_settings(database_url: str, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {
-        "database_url": database_url,
-        "upstream_base_url": UPSTREAM,
-        "upstream_timeout": 1.0,
-        "upstream_max_concurrency": 50,
-        "api_token": None,
-        "cors_origins": "",
-        "log_level": "info",
-        # above scheduling noise on a loaded 2-core CI machine; real routes take ms
-        "loop_block_threshold": 0.25,
-    }
-    values.update(overrides)
-    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
 
 
 @pytest.fixture

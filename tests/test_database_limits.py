@@ -9,7 +9,7 @@ from pydantic import MySQLDsn, TypeAdapter
 
 from app import create_app
 from app.data.database import Database, connect
-from tests.conftest import make_settings
+from tests.support.settings import make_settings
 
 
 async def test_waiters_for_a_connection_are_served_in_the_order_they_came(migrated: str) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,9 +15,9 @@ import pytest
 from tests.support.factories import insert_user
 from tests.support.processes import (
     Service,
-    clean_environ,
     free_port,
     running_service,
+    serve_command,
     upstream_stub,
 )
 
@@ -185,15 +184,8 @@ async def test_with_the_database_down_it_still_serves(migrated: str, tmp_path: P
 def test_a_bad_setting_stops_start_up_with_one_line(tmp_path: Path, name: str, value: str) -> None:
     settings = {"DATABASE_URL": "mysql://u:p@127.0.0.1:3306/db", name: value}
 
-    result = subprocess.run(
-        [sys.executable, "-m", "app"],
-        env=clean_environ(**settings),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    command = serve_command(tmp_path, **settings)
+    result = subprocess.run(**command, capture_output=True, text=True, timeout=30, check=False)
 
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()

@@ -17,9 +17,9 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import E2E_TOKEN
 from tests.support.devdb import PrivateMariaDB
 from tests.support.processes import Service, clean_environ, free_port, running_service
+from tests.support.settings import E2E_TOKEN
 
 pytestmark = pytest.mark.e2e
 

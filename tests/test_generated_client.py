@@ -14,8 +14,8 @@ from types import ModuleType
 import httpx
 import pytest
 
-from tests.conftest import E2E_TOKEN
 from tests.support.processes import Service, clean_environ
+from tests.support.settings import E2E_TOKEN
 
 pytestmark = pytest.mark.e2e
 

@@ -20,7 +20,7 @@ from quart_schema import validate_response
 
 from app import create_app
 from app.web.serialization import cached_type_adapter
-from tests.conftest import make_settings
+from tests.support.settings import make_settings
 
 
 def test_quart_s_body_says_when_it_is_complete() -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from app import create_app
 from app.telemetry.logs import JsonLineFormatter, configure_logging, request_id_var
-from tests.conftest import make_settings
+from tests.support.settings import make_settings
 
 
 @pytest.fixture

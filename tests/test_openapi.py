@@ -13,7 +13,7 @@ from quart.testing import QuartClient
 from quart_schema.openapi import QUART_SCHEMA_HIDDEN_ATTRIBUTE
 
 from app import create_app
-from tests.conftest import make_settings
+from tests.support.settings import make_settings
 
 HIDDEN_BY_DESIGN = {"/openapi.json", "/docs", "/docs/assets/<path:filename>"}
 WRITES = {"post", "patch", "put", "delete"}

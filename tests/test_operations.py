@@ -19,8 +19,9 @@ from quart.testing import QuartClient
 
 from app import create_app
 from app.telemetry.loop_monitor import LoopMonitor
-from tests.conftest import UPSTREAM, make_settings
 from tests.support.processes import clean_environ, free_port
+from tests.support.settings import UPSTREAM, make_settings
+from tests.support.upstream_mock import mock_answer
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -245,11 +246,7 @@ async def test_retries_are_bounded(client: QuartClient, respx_mock: respx.MockRo
 async def test_answers_and_timeouts_are_not_retried(
     client: QuartClient, respx_mock: respx.MockRouter, answer: httpx.Response | Exception
 ) -> None:
-    route = respx_mock.get(f"{UPSTREAM}/posts/3")
-    if isinstance(answer, Exception):
-        route.mock(side_effect=answer)
-    else:
-        route.mock(return_value=answer)
+    route = mock_answer(respx_mock.get(f"{UPSTREAM}/posts/3"), answer)
 
     await client.get("/api/v1/posts/3")
 

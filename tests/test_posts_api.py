@@ -10,7 +10,8 @@ import respx
 from quart.testing import QuartClient
 
 from app import create_app
-from tests.conftest import UPSTREAM, make_settings
+from tests.support.settings import UPSTREAM, make_settings
+from tests.support.upstream_mock import mock_answer
 
 
 def post(post_id: int) -> dict[str, object]:
@@ -47,11 +48,7 @@ async def test_one_post_failures_map_to_statuses(
     status: int,
     code: str,
 ) -> None:
-    route = respx_mock.get(f"{UPSTREAM}/posts/7")
-    if isinstance(upstream, Exception):
-        route.mock(side_effect=upstream)
-    else:
-        route.mock(return_value=upstream)
+    mock_answer(respx_mock.get(f"{UPSTREAM}/posts/7"), upstream)
 
     response = await client.get("/api/v1/posts/7")
 

@@ -12,8 +12,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.conftest import E2E_TOKEN
 from tests.support.processes import Service
+from tests.support.settings import E2E_TOKEN
 
 pytestmark = pytest.mark.e2e
 

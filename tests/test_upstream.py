@@ -12,7 +12,8 @@ import respx
 
 from app.data.upstream import Upstream, UpstreamError, _classify, open_client
 from app.web.errors import UPSTREAM_STATUS
-from tests.conftest import make_settings
+from tests.support.settings import make_settings
+from tests.support.upstream_mock import mock_answer
 
 BASE = "http://upstream.test"
 MAX_BODY = 64 * 1024
@@ -133,11 +134,7 @@ async def test_each_failure_maps_to_its_code(
     status: int,
 ) -> None:
     url = f"{BASE}/posts/1"
-    route = respx_mock.get(url)
-    if isinstance(mock, Exception):
-        route.mock(side_effect=mock)
-    else:
-        route.mock(return_value=mock)
+    mock_answer(respx_mock.get(url), mock)
 
     with pytest.raises(UpstreamError) as caught:
         await upstream.get_json(url)

@@ -10,8 +10,8 @@ import pytest
 from quart.testing import QuartClient
 
 from app import create_app
-from tests.conftest import make_settings
 from tests.support.factories import insert_user, insert_users
+from tests.support.settings import make_settings
 
 TOKEN = "test-token-123"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

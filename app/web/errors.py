@@ -37,24 +37,18 @@ log = logging.getLogger(__name__)
 
 
 class ApiError(Exception):
-    """An answer other than success, raised anywhere below a route."""
+    """An answer other than success, raised by a route or what it calls on the web side.
+
+    `extensions` become members of the problem (`errors`, `code`).
+    """
 
     def __init__(
-        self,
-        status: int,
-        detail: str,
-        *,
-        title: str | None = None,
-        type_: str = "about:blank",
-        headers: dict[str, str] | None = None,
-        **extensions: Any,
+        self, status: int, detail: str, *, headers: dict[str, str] | None = None, **extensions: Any
     ) -> None:
         super().__init__(detail)
         self.status = status
         self.detail = detail
-        self.title = title or HTTPStatus(status).phrase
-        self.type = type_
-        self.headers = headers or {}
+        self.headers = headers
         self.extensions = extensions
 
 
@@ -63,12 +57,11 @@ def problem_response(
     detail: str,
     *,
     title: str | None = None,
-    type_: str = "about:blank",
     headers: dict[str, str] | None = None,
     **extensions: Any,
 ) -> Response:
     body = {
-        "type": type_,
+        "type": "about:blank",  # the status says it all (RFC 9457, 4.2.1)
         "title": title or HTTPStatus(status).phrase,
         "status": status,
         "detail": detail,
@@ -93,12 +86,7 @@ def register_error_handlers(app: Quart) -> None:
     @app.errorhandler(ApiError)
     async def api_error(error: ApiError) -> Response:
         return problem_response(
-            error.status,
-            error.detail,
-            title=error.title,
-            type_=error.type,
-            headers=error.headers,
-            **error.extensions,
+            error.status, error.detail, headers=error.headers, **error.extensions
         )
 
     @app.errorhandler(DatabaseUnavailable)

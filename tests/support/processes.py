@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -90,6 +91,11 @@ class Service:
         return self.process.wait(timeout=timeout)
 
 
+def serve_command(workdir: Path, **settings: str) -> dict[str, Any]:
+    """`python -m app` in a clean environment with these settings, `workdir` as its cwd."""
+    return {"args": [sys.executable, "-m", "app"], "env": clean_environ(**settings), "cwd": workdir}
+
+
 def start_service(workdir: Path, **settings: str) -> Service:
     """`python -m app` (hypercorn) in a clean environment, with `workdir` as cwd (no .env)."""
     port = settings.setdefault("PORT", str(free_port()))
@@ -97,13 +103,7 @@ def start_service(workdir: Path, **settings: str) -> Service:
     settings.setdefault("LOOP_BLOCK_THRESHOLD", "0.25")
     log_path = workdir / f"service-{port}.log"
     with log_path.open("wb") as log, (workdir / f"service-{port}.out").open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "app"],
-            env=clean_environ(**settings),
-            cwd=workdir,
-            stdout=out,
-            stderr=log,
-        )
+        process = subprocess.Popen(**serve_command(workdir, **settings), stdout=out, stderr=log)
     service = Service(f"http://127.0.0.1:{port}", process, log_path)
     try:
         wait_until_answering(f"{service.base}/healthz", process)
