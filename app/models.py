@@ -22,6 +22,15 @@ from app.data.users import User
 
 MAX_BATCH_IDS = 100
 
+# The status a single-resource route answers for each upstream failure.
+UPSTREAM_STATUS: dict[FailureCode, int] = {
+    "not_found": 404,
+    "timeout": 504,
+    "unreachable": 502,
+    "upstream_error": 502,
+    "bad_response": 502,
+}
+
 
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
 Email = Annotated[EmailStr, StringConstraints(max_length=254)]

@@ -11,7 +11,7 @@ import pytest
 import respx
 
 from app.data.upstream import Upstream, UpstreamError, _classify, open_client
-from app.web.errors import UPSTREAM_STATUS
+from app.models import UPSTREAM_STATUS
 from tests.support.settings import make_settings
 from tests.support.upstream_mock import mock_answer
 

@@ -9,8 +9,7 @@ from quart_schema import tag_blueprint, validate_querystring, validate_response
 
 from app import deps
 from app.data.upstream import Post, UpstreamError
-from app.models import PostBatch, PostError, PostFailed, PostFetched, PostsQuery
-from app.web.errors import UPSTREAM_STATUS
+from app.models import UPSTREAM_STATUS, PostBatch, PostError, PostFailed, PostFetched, PostsQuery
 from app.web.openapi import problems
 
 blueprint = Blueprint("posts", __name__, url_prefix="/api/v1")

@@ -19,19 +19,12 @@ from quart_schema.validation import QuerystringValidationError
 from werkzeug.exceptions import HTTPException
 
 from app.data.database import DatabaseUnavailable
-from app.data.upstream import FailureCode, UpstreamError
+from app.data.upstream import UpstreamError
 from app.data.users import EmailTaken
+from app.models import UPSTREAM_STATUS
 
 PROBLEM_JSON = "application/problem+json"
 
-# The status a single-resource route answers for each upstream failure.
-UPSTREAM_STATUS: dict[FailureCode, int] = {
-    "not_found": 404,
-    "timeout": 504,
-    "unreachable": 502,
-    "upstream_error": 502,
-    "bad_response": 502,
-}
 
 log = logging.getLogger(__name__)
 
