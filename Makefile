@@ -59,7 +59,7 @@ test: $(INSTALLED)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 migrate: $(INSTALLED)
-	@$(database_url); exec $(PY) -m app.data.migrate
+	@$(database_url); exec $(PY) -m app.migrate
 
 db-start: $(INSTALLED)
 	@$(database_url); echo "private MariaDB running (data in $(DEV_DB_DIR))"

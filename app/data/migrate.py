@@ -11,16 +11,14 @@ This runner is small and uses asyncmy, the driver the app already has.
 - `GET_LOCK` serialises concurrent runners (several workers or instances starting at once):
   the second waits, then finds nothing left to do.
 
-Run it with `python -m app.data.migrate` (or `make migrate`).
+Run it with `python -m app.migrate` (or `make migrate`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +27,6 @@ from asyncmy.constants.CLIENT import MULTI_STATEMENTS
 from pydantic import MySQLDsn
 
 from app.data.database import connect
-from app.settings import settings_or_exit
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 LOCK_NAME = "quart_async_demo.migrate"
@@ -126,16 +123,3 @@ async def _apply_pending(cursor: asyncmy.cursors.Cursor, migrations: list[Migrat
         log.info("applied migration", extra={"migration": label})
         done.append(label)
     return done
-
-
-def main() -> None:
-    _, database_url = settings_or_exit()
-    try:
-        applied = asyncio.run(migrate(database_url))
-    except (MigrationError, asyncmy.errors.Error, OSError) as error:
-        sys.exit(f"migration failed: {error}")
-    print(f"migrations: {len(applied)} applied" + (f" ({', '.join(applied)})" if applied else ""))
-
-
-if __name__ == "__main__":
-    main()
