@@ -3,6 +3,8 @@ upgrade that changes one fails here, loudly, rather than in production, quietly.
 
 - quart's request Body marks the end of a body with an `asyncio.Event` `_complete`
   (app.web.keep_alive waits on it before answering a refusal; there is no public way).
+- werkzeug's `LocalProxy._get_current_object()` (documented, despite its underscore): the
+  request hooks look the request up once rather than through the proxy each time.
 - logging's `_srcfile`, set to None to skip the caller look-up on every log line (the
   logging HOWTO's "Optimization" section documents it).
 - quart-schema's conversion module builds a pydantic `TypeAdapter` by that module-level
@@ -15,6 +17,7 @@ import asyncio
 import logging
 
 import quart_schema.conversion
+from quart import Request, request
 from quart.wrappers.request import Body
 from quart_schema import validate_response
 
@@ -30,6 +33,16 @@ def test_quart_s_body_says_when_it_is_complete() -> None:
     body.append(b"x")
     body.set_complete()
     assert body._complete.is_set()
+
+
+async def test_the_request_proxy_gives_the_request_itself() -> None:
+    app = create_app(make_settings("mysql://u:p@127.0.0.1:1/db"))
+
+    async with app.test_request_context("/healthz"):
+        current = request._get_current_object()  # type: ignore[attr-defined]
+
+        assert isinstance(current, Request)
+        assert current.path == "/healthz"
 
 
 def test_logging_still_has_the_caller_look_up_switch() -> None:

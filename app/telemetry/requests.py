@@ -13,7 +13,7 @@ import re
 import time
 from typing import Any, NamedTuple
 
-from quart import Quart, Response, g, request
+from quart import Quart, Response, request
 
 from app.telemetry.logs import request_id_var
 from app.telemetry.loop_monitor import LoopMonitor
@@ -41,7 +41,7 @@ def histogram(method: str, route: str) -> Any:
 
 
 class Observed(NamedTuple):
-    """What the start of a request leaves for its end (on `g`, which lives as long as it)."""
+    """What the start of a request leaves on it for its end."""
 
     request_id: str
     route: str
@@ -57,23 +57,26 @@ def new_request_id() -> str:
 def register_observability(app: Quart, monitor: LoopMonitor) -> None:
     @app.before_request
     async def start() -> None:
-        offered = request.headers.get(REQUEST_ID_HEADER)
+        # the request itself, not its proxy: each look-up through the proxy costs
+        current = request._get_current_object()  # type: ignore[attr-defined]
+        offered = current.headers.get(REQUEST_ID_HEADER)
         if offered is None or not VALID_REQUEST_ID.fullmatch(offered):
             offered = new_request_id()
         request_id_var.set(offered)
-        route = request.url_rule.rule if request.url_rule is not None else UNMATCHED
-        g.observed = Observed(offered, route, time.perf_counter())
+        route = current.url_rule.rule if current.url_rule is not None else UNMATCHED
+        current.observed = Observed(offered, route, time.perf_counter())
         monitor.enter(route)
 
     @app.after_request
     async def finish(response: Response) -> Response:
-        observed = g.get("observed")
+        current = request._get_current_object()  # type: ignore[attr-defined]
+        observed = getattr(current, "observed", None)
         if observed is None:  # failed before `start` ran
             observed = Observed(new_request_id(), UNMATCHED, None)
         request_id, route, started = observed
         response.headers[REQUEST_ID_HEADER] = request_id
         status = response.status_code
-        method = request.method if request.method in METHODS else "other"
+        method = current.method if current.method in METHODS else "other"
         counter(method, route, status).inc()
         duration = time.perf_counter() - started if started is not None else None
         if duration is not None:
@@ -83,18 +86,18 @@ def register_observability(app: Quart, monitor: LoopMonitor) -> None:
                 "request",
                 extra={
                     "request_id": request_id,
-                    "method": request.method,
-                    "path": request.path,
+                    "method": current.method,
+                    "path": current.path,
                     "route": route if route != UNMATCHED else None,
                     "status": status,
                     "duration_ms": round(duration * 1000, 3) if duration is not None else None,
-                    "client": request.remote_addr,
+                    "client": current.remote_addr,
                 },
             )
         return response
 
     @app.teardown_request
     async def leave(exc: BaseException | None) -> None:
-        observed = g.get("observed")
+        observed = getattr(request._get_current_object(), "observed", None)  # type: ignore[attr-defined]
         if observed is not None:
             monitor.leave(observed.route)
