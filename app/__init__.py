@@ -20,6 +20,7 @@ from app.telemetry.requests import register_observability
 from app.web.errors import register_error_handlers
 from app.web.keep_alive import register_connection_keeping
 from app.web.openapi import ProblemAwareOpenAPIProvider
+from app.web.proxies import TrustedProxies
 from app.web.rate_limit import register_write_budget
 from app.web.serialization import PydanticJSONProvider, use_cached_type_adapters
 from app.web.writes import BEARER
@@ -74,6 +75,8 @@ def create_app(
 
     for module in (original, posts, users, ops, docs):
         app.register_blueprint(module.blueprint)
+    if settings.trusted_proxies:
+        app.asgi_app = TrustedProxies(app.asgi_app, settings.trusted_proxies)  # type: ignore[method-assign]
     if settings.cors_origins:
         app = cors(
             app,

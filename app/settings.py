@@ -13,6 +13,7 @@ import limits
 from pydantic import (
     Field,
     HttpUrl,
+    IPvAnyNetwork,
     MySQLDsn,
     SecretStr,
     ValidationError,
@@ -59,12 +60,14 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=65536, ge=1)
     shutdown_grace: float = Field(default=10.0, ge=0, le=3600)
     write_rate_limit: str = "600/minute"
+    # Addresses or CIDR ranges of the proxies in front (app.web.proxies); empty: none.
+    trusted_proxies: Annotated[list[IPvAnyNetwork], NoDecode] = Field(default_factory=list)
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
     # Not in the spec's table: how long the event loop may be blocked before a warning.
     loop_block_threshold: float = Field(default=0.1, gt=0, le=60)
 
-    @field_validator("upstream_urls", "cors_origins", mode="before")
+    @field_validator("upstream_urls", "cors_origins", "trusted_proxies", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         return _split_commas(value)

@@ -178,6 +178,7 @@ async def test_with_the_database_down_it_still_serves(migrated: str, tmp_path: P
     [
         ("PORT", "eighty"),
         ("UPSTREAM_TIMEOUT", "soon"),
+        ("TRUSTED_PROXIES", "10.0.0.0/33"),
         ("DATABASE_URL", "mysql://u:hunter2@h:99999/db"),
     ],
 )

@@ -19,6 +19,7 @@ from quart.testing import QuartClient
 
 from app import create_app
 from app.telemetry.loop_monitor import LoopMonitor
+from app.web.proxies import _parse_forwarded
 from tests.support.processes import clean_environ, free_port
 from tests.support.settings import UPSTREAM, make_settings
 from tests.support.upstream_mock import mock_answer
@@ -299,6 +300,49 @@ async def test_the_write_budget_is_the_peer_s_whatever_it_says_it_forwards(
         ]
 
     assert statuses == [404, 404, 429, 429, 429]
+
+
+async def test_behind_a_trusted_proxy_the_client_is_the_right_most_untrusted_address(
+    migrated: str, db: asyncmy.Connection, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = make_settings(
+        migrated, api_token="t", write_rate_limit="2/minute", trusted_proxies="10.0.0.0/8"
+    )
+    app = create_app(settings)
+    caplog.set_level(logging.INFO, logger="app.access")
+
+    async def delete(peer: str, forwarded: str) -> int:
+        response = await client.delete(
+            "/api/v1/users/1",
+            headers={"Authorization": "Bearer t", "X-Forwarded-For": forwarded},
+            scope_base={"client": (peer, 40000)},
+        )
+        return response.status_code
+
+    async with app.test_app() as running:
+        client = running.test_client()
+        # through the balancer (10.0.0.5): whatever a client puts left of its own address
+        via_proxy = [
+            await delete("10.0.0.5", f"{forged}, 198.51.100.7, 10.0.0.9")
+            for forged in ("203.0.113.1", "203.0.113.2", "203.0.113.3")
+        ]
+        other_client = await delete("10.0.0.5", "198.51.100.8")
+        # straight to the instance, not from a trusted proxy: the header is not believed
+        direct = [await delete("192.0.2.50", f"198.51.100.{n}") for n in (20, 21, 22)]
+
+    assert via_proxy == [404, 404, 429]
+    assert other_client == 404
+    assert direct == [404, 404, 429]
+    clients = [getattr(record, "client", None) for record in caplog.records]
+    assert clients[:4] == ["198.51.100.7"] * 3 + ["198.51.100.8"]
+    assert clients[4:] == ["192.0.2.50"] * 3
+
+
+def test_forwarded_headers_name_the_client_and_scheme() -> None:
+    chain, protos = _parse_forwarded('for=192.0.2.60;proto=https, for="[2001:db8::1]:4711"')
+
+    assert chain == ["192.0.2.60", "2001:db8::1"]
+    assert protos == ["https"]
 
 
 async def test_cors_headers_only_for_configured_origins(migrated: str) -> None:

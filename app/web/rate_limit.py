@@ -1,8 +1,9 @@
 """WRITE_RATE_LIMIT: one budget of writes per client, counted with the `limits` library.
 
 Every write of a client counts against the same budget, whichever route it goes to; reads
-are never counted. The client is the address of the connection's peer: a forwarded header
-(`X-Forwarded-For`) is not believed, since any client can invent one to escape its budget.
+are never counted. The client is the connection's peer address; behind TRUSTED_PROXIES,
+app.web.proxies has already put the forwarded client there. A forwarded header from
+anyone else is never believed: any client can invent one to escape its budget.
 The window is a moving one, kept in limits' in-memory storage: per process, so with
 WORKERS=N or several instances each keeps its own count (see the README).
 """
