@@ -17,7 +17,7 @@ import httpx
 from quart import Quart
 
 from app.data.database import Database
-from app.data.migrate import migrate
+from app.data.migrate import load_migrations, migrate
 from app.data.upstream import Upstream, open_client
 from app.settings import Settings
 from app.telemetry.loop_monitor import LoopMonitor
@@ -61,7 +61,8 @@ def register_lifespan(
                 maxsize=settings.db_pool_max,
                 query_timeout=settings.db_query_timeout,
                 pool_timeout=settings.db_pool_timeout,
-                prepare=migrate,
+                prepare=migrate if settings.migrate_on_start else None,
+                required_migrations={m.version: m.label for m in load_migrations()},
             )
             stack.push_async_callback(database.close)
             await database.start()

@@ -44,6 +44,8 @@ class Settings(BaseSettings):
     db_pool_max: int = Field(default=10, ge=1, le=1000)
     db_query_timeout: float = Field(default=5.0, gt=0, le=3600)
     db_pool_timeout: float = Field(default=2.0, gt=0, le=3600)
+    # false: migrations are a deploy step (`python -m app.migrate`), never run at start
+    migrate_on_start: bool = True
 
     upstream_base_url: HttpUrl = HttpUrl("https://jsonplaceholder.typicode.com")
     # Empty means "posts 1 and 2 of upstream_base_url", resolved below.

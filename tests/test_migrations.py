@@ -13,8 +13,10 @@ import asyncmy
 import pytest
 from pydantic import MySQLDsn, TypeAdapter
 
+from app import create_app
 from app.data.database import connect
 from app.data.migrate import MIGRATIONS_DIR, MigrationError, load_migrations, migrate
+from tests.support.settings import make_settings
 
 
 @pytest.fixture
@@ -129,3 +131,26 @@ async def test_times_are_utc_with_microseconds_on_a_server_off_utc(
         "created_at": 6,
         "updated_at": 6,
     }
+
+
+async def test_without_migrating_at_start_the_service_says_its_schema_is_behind(
+    empty_database: MySQLDsn,
+) -> None:
+    app = create_app(make_settings(str(empty_database), migrate_on_start=False))
+
+    async with app.test_app() as running:
+        client = running.test_client()
+        behind = await client.get("/readyz")
+        users = await client.get("/api/v1/users")
+        tables = await query(empty_database, "SHOW TABLES")
+        applied = await migrate(empty_database)  # the deploy step
+        ready = await client.get("/readyz")
+        after = await client.get("/api/v1/users")
+
+    problem = await behind.get_json()
+    assert (behind.status_code, problem["code"]) == (503, "schema_behind")
+    assert "0001_create_users" in problem["detail"]
+    assert users.status_code == 503, "a request before the migration is a 503, never a 500"
+    assert tables == [], "the service did not migrate by itself"
+    assert applied == [migration.label for migration in load_migrations()]
+    assert (ready.status_code, after.status_code) == (200, 200)

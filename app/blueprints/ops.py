@@ -12,6 +12,7 @@ from app import deps
 from app.data.database import DatabaseUnavailable
 from app.models import Health, Readiness
 from app.telemetry.metrics import render
+from app.web.errors import ApiError
 from app.web.openapi import problems, text_response
 
 READY_TIMEOUT = 1.0
@@ -31,9 +32,20 @@ async def healthz() -> Health:
 @validate_response(Readiness, 200)
 @problems(503)
 async def readyz() -> Readiness:
-    """200 when the database answers a ping within a second; 503 when it does not."""
-    if not await deps.database().ping(READY_TIMEOUT):
+    """200 when the database answers a ping within a second and has every migration this
+    version needs; 503 when it does not answer, or with `code: schema_behind` when it lacks
+    a migration."""
+    database = deps.database()
+    if not await database.ping(READY_TIMEOUT):
         raise DatabaseUnavailable("The database is not answering.")
+    if missing := await database.missing_migrations(READY_TIMEOUT):
+        raise ApiError(
+            503,
+            f"The database lacks migrations this version needs: {', '.join(missing)}. "
+            "Run them (make migrate, or python -m app.migrate).",
+            headers={"Retry-After": "5"},
+            code="schema_behind",
+        )
     return Readiness()
 
 

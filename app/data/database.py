@@ -55,6 +55,9 @@ class DatabaseUnavailable(Exception):
         self.detail = detail
 
 
+# No such table, no such column: the schema is older than this code (not migrated yet).
+SCHEMA_BEHIND_ERRORS = (1146, 1054)
+
 # Errors that mean the server is gone, not that the query is wrong.
 CONNECTION_ERRORS = (asyncmy.errors.OperationalError, asyncmy.errors.InterfaceError, OSError)
 
@@ -79,6 +82,7 @@ class Database:
         query_timeout: float = 5.0,
         pool_timeout: float = 2.0,
         prepare: Callable[[MySQLDsn], Awaitable[object]] | None = None,
+        required_migrations: dict[int, str] | None = None,
     ) -> None:
         self.url = url
         self.minsize = minsize
@@ -87,6 +91,8 @@ class Database:
         self.pool_timeout = pool_timeout
         # run on the first connection before the pool opens (the lifespan passes migrate)
         self.prepare = prepare
+        # version -> name of every migration this code needs; checked until all are there
+        self.required_migrations = dict(required_migrations or {})
         self.pool: asyncmy.Pool | None = None
         self._opener: asyncio.Task[None] | None = None
         # asyncio's Semaphore hands a released slot to the longest waiter
@@ -164,6 +170,41 @@ class Database:
                 self._pinger.close()
                 self._pinger = None
         return answered
+
+    async def missing_migrations(self, within: float) -> list[str]:
+        """The migrations this code needs that the database lacks, asked on the ping's
+        connection; DatabaseUnavailable when it does not answer within `within` seconds.
+
+        Migrations are only ever added, so once none is missing that is remembered.
+        """
+        if not self.required_migrations:
+            return []
+        applied: set[int] = set()
+        answered = False
+        try:
+            async with asyncio.timeout(within), self._ping_lock:
+                if self._pinger is None:
+                    self._pinger = await connect(self.url)
+                async with self._pinger.cursor() as cursor:
+                    await cursor.execute("SELECT version FROM schema_migrations")
+                    applied = {version for (version,) in await cursor.fetchall()}
+            answered = True
+        except asyncmy.errors.ProgrammingError:  # no schema_migrations table: none applied
+            answered = True
+        except (TimeoutError, asyncmy.errors.Error, OSError):
+            raise DatabaseUnavailable("The database is not answering.") from None
+        finally:
+            if not answered and self._pinger is not None:  # cut short mid-conversation
+                self._pinger.close()
+                self._pinger = None
+        missing = [
+            name
+            for version, name in sorted(self.required_migrations.items())
+            if version not in applied
+        ]
+        if not missing:
+            self.required_migrations = {}
+        return missing
 
     async def close(self) -> None:
         if self._opener is not None:
@@ -249,5 +290,11 @@ class Database:
         except CONNECTION_ERRORS as error:
             log.warning("database connection failed", extra={"error": str(error)})
             raise DatabaseUnavailable() from None
+        except asyncmy.errors.ProgrammingError as error:
+            if error.args[0] not in SCHEMA_BEHIND_ERRORS:
+                raise
+            raise DatabaseUnavailable(
+                "The database lacks a migration this version needs; try again shortly."
+            ) from None
         finally:
             self._slots.release()

@@ -47,6 +47,10 @@ class Migration:
     sql: str
 
     @property
+    def label(self) -> str:
+        return f"{self.version:04d}_{self.name}"
+
+    @property
     def checksum(self) -> str:
         return hashlib.sha256(self.sql.encode()).hexdigest()
 
@@ -119,7 +123,6 @@ async def _apply_pending(cursor: asyncmy.cursors.Cursor, migrations: list[Migrat
             "INSERT INTO schema_migrations (version, name, checksum) VALUES (%s, %s, %s)",
             (migration.version, migration.name, migration.checksum),
         )
-        label = f"{migration.version:04d}_{migration.name}"
-        log.info("applied migration", extra={"migration": label})
-        done.append(label)
+        log.info("applied migration", extra={"migration": migration.label})
+        done.append(migration.label)
     return done
