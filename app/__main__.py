@@ -12,10 +12,9 @@ import sys
 import tempfile
 
 from hypercorn.config import Config
-from hypercorn.run import run
 
 from app.settings import Settings
-from app.workers import supervise
+from app.workers import serve_worker, supervise
 
 log = logging.getLogger("app.serve")
 
@@ -53,7 +52,8 @@ def main() -> None:
     log.info("serving", extra={"docs": f"{base}/docs", "workers": settings.workers})
     config = hypercorn_config(settings)
     if settings.workers == 1:
-        sys.exit(run(config))
+        serve_worker(config, config.create_sockets(), settings.drain_seconds)
+        sys.exit(0)
     metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     created = metrics_dir is None
     if metrics_dir is None:
@@ -62,7 +62,7 @@ def main() -> None:
             prefix="app-metrics-"
         )
     try:
-        exit_code = supervise(config, settings.workers, metrics_dir)
+        exit_code = supervise(config, settings.workers, metrics_dir, settings.drain_seconds)
     finally:
         if created:
             shutil.rmtree(metrics_dir, ignore_errors=True)

@@ -9,13 +9,12 @@ from quart import current_app
 
 from app.data.database import Database
 from app.data.upstream import Upstream
-from app.lifespan import RESOURCES, Resources
+from app.lifespan import Resources, resources_of
 from app.settings import Settings
 
 
 def resources() -> Resources:
-    held: Resources = current_app.extensions[RESOURCES]
-    return held
+    return resources_of(current_app)
 
 
 def settings() -> Settings:

@@ -27,11 +27,27 @@ RESOURCES = "app.resources"
 log = logging.getLogger(__name__)
 
 
+class Drain:
+    """Whether this process has been told to stop and is draining (app.workers)."""
+
+    def __init__(self) -> None:
+        self.started = False
+
+    def start(self) -> None:
+        self.started = True
+
+
 @dataclass(frozen=True)
 class Resources:
     settings: Settings
     upstream: Upstream
     database: Database
+    drain: Drain
+
+
+def resources_of(app: Quart) -> Resources:
+    resources: Resources = app.extensions[RESOURCES]
+    return resources
 
 
 def register_lifespan(
@@ -66,7 +82,7 @@ def register_lifespan(
             )
             stack.push_async_callback(database.close)
             await database.start()
-            app.extensions[RESOURCES] = Resources(settings, upstream, database)
+            app.extensions[RESOURCES] = Resources(settings, upstream, database, Drain())
             app.extensions["QUART_SCHEMA"].openapi_provider.schema()  # built now, not per request
             monitor.on_tick = database.report_pool
             monitor.start()

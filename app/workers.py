@@ -1,5 +1,12 @@
-"""Several worker processes on one socket: started, replaced when one dies, stopped together.
+"""Serving: one process, or several worker processes on one socket; each drains, then stops.
 
+`serve_worker` is one serving process: hypercorn's own serving loop on uvloop, with a
+stop that drains first. Told to stop (SIGTERM or Ctrl-C with one process; the
+supervisor's event with several), it answers `/readyz` 503 for DRAIN_SECONDS while it
+still serves everything, so a load balancer takes it out before its listener closes; then
+hypercorn's graceful stop lets requests in flight finish within SHUTDOWN_GRACE.
+
+`supervise` runs several of them.
 hypercorn's own multi-worker loop stops every worker when one dies, and then exits 0 (the
 dead worker's exit code is overwritten by the others' clean one), so a supervisor that
 restarts on failure never learns of it. Here a dead worker is replaced and the others
@@ -7,25 +14,29 @@ keep serving; when workers keep dying (more than RESTART_BUDGET per worker withi
 RESTART_WINDOW seconds, a crash loop no restart will cure) the server stops them all
 and exits 1, so that whatever supervises it can act.
 
-Each worker is hypercorn's own uvloop worker, given the shared sockets and a shutdown
-event, exactly as hypercorn starts them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import multiprocessing
 import signal
 import time
 from collections import deque
+from collections.abc import Callable
 from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
+from multiprocessing.synchronize import Event as EventType
 from types import FrameType
 
-from hypercorn.asyncio.run import uvloop_worker
-from hypercorn.config import Config
-from hypercorn.typing import WorkerFunc
+import uvloop
+from hypercorn.asyncio.run import worker_serve
+from hypercorn.config import Config, Sockets
+from hypercorn.utils import load_application
 from prometheus_client import multiprocess
+
+from app.lifespan import resources_of
 
 RESTART_WINDOW = 60.0
 RESTART_BUDGET = 3
@@ -34,13 +45,51 @@ POLL_SECONDS = 0.2
 log = logging.getLogger("app.workers")
 
 
+def serve_worker(
+    config: Config,
+    sockets: Sockets,
+    drain_seconds: float,
+    stopping: EventType | None = None,
+) -> None:
+    """Serve until told to stop (`stopping`, or SIGTERM/SIGINT when None), drain, stop."""
+    application = load_application(config.application_path, config.wsgi_max_body_size)
+
+    async def drained() -> None:
+        await _told_to_stop(stopping)
+        if drain_seconds > 0:
+            from app.asgi import app  # loaded above: the Quart app this process serves
+
+            resources_of(app).drain.start()
+            log.info("draining: /readyz answers 503", extra={"seconds": drain_seconds})
+            await asyncio.sleep(drain_seconds)
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(worker_serve(application, config, sockets=sockets, shutdown_trigger=drained))
+
+
+async def _told_to_stop(stopping: EventType | None) -> None:
+    if stopping is not None:
+        while not stopping.is_set():  # noqa: ASYNC110 (a process-shared event: polled, as hypercorn does)
+            await asyncio.sleep(POLL_SECONDS)
+        return
+    told = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, told.set)
+    await told.wait()
+
+
 def supervise(
-    config: Config, workers: int, metrics_dir: str | None, target: WorkerFunc = uvloop_worker
+    config: Config,
+    workers: int,
+    metrics_dir: str | None,
+    drain_seconds: float = 0.0,
+    target: Callable[..., None] = serve_worker,
 ) -> int:
     """Serve with `workers` processes until SIGTERM/SIGINT (0) or a crash loop (1)."""
     context = multiprocessing.get_context("spawn")
     sockets = config.create_sockets()
-    shutdown = context.Event()
+    shutdown = context.Event()  # each worker drains, then stops
     stopping = False
 
     def stop(signum: int, frame: FrameType | None) -> None:
@@ -50,7 +99,12 @@ def supervise(
     def start() -> BaseProcess:
         process = context.Process(
             target=target,
-            kwargs={"config": config, "sockets": sockets, "shutdown_event": shutdown},
+            kwargs={
+                "config": config,
+                "sockets": sockets,
+                "drain_seconds": drain_seconds,
+                "stopping": shutdown,
+            },
         )
         process.start()
         return process
@@ -95,9 +149,9 @@ def supervise(
             running.append(replacement)
 
     shutdown.set()
-    # Each worker lets its requests finish within graceful_timeout, then exits.
+    # Each worker drains, lets its requests finish within graceful_timeout, then exits.
     for process in running:
-        process.join(config.graceful_timeout + 5)
+        process.join(drain_seconds + config.graceful_timeout + 5)
         if process.exitcode is None:
             process.terminate()
             process.join()

@@ -349,3 +349,34 @@ def test_workers_that_keep_dying_stop_the_server_with_a_failure(tmp_path: Path) 
     )
 
     assert result.returncode == 1, result.stderr[-2000:]
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+async def test_sigterm_drains_readiness_first_while_serving_everything_else(
+    migrated: str, tmp_path: Path, workers: str
+) -> None:
+    with running_service(
+        tmp_path, DATABASE_URL=migrated, WORKERS=workers, DRAIN_SECONDS="2", SHUTDOWN_GRACE="5"
+    ) as service:
+        async with httpx.AsyncClient(base_url=service.base, timeout=10) as client:
+            await until_ready(client)
+            service.process.terminate()
+            await asyncio.sleep(0.3)  # the signal reaches the workers
+            during = []
+            for _ in range(5):
+                # new connections each time: the listener is still open
+                async with httpx.AsyncClient(base_url=service.base, timeout=10) as fresh:
+                    ready = await fresh.get("/readyz")
+                    during.append(
+                        (
+                            ready.status_code,
+                            ready.json().get("code"),
+                            (await fresh.get("/healthz")).status_code,
+                            (await fresh.get("/api/v1/users?limit=1")).status_code,
+                        )
+                    )
+                await asyncio.sleep(0.1)
+        exit_code = await asyncio.to_thread(service.process.wait, 30)
+
+    assert during == [(503, "draining", 200, 200)] * 5
+    assert exit_code == 0

@@ -35,6 +35,13 @@ async def readyz() -> Readiness:
     """200 when the database answers a ping within a second and has every migration this
     version needs; 503 when it does not answer, or with `code: schema_behind` when it lacks
     a migration."""
+    if deps.resources().drain.started:
+        raise ApiError(
+            503,
+            "This instance is stopping; send new requests elsewhere.",
+            headers={"Retry-After": "5"},
+            code="draining",
+        )
     database = deps.database()
     if not await database.ping(READY_TIMEOUT):
         raise DatabaseUnavailable("The database is not answering.")
