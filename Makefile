@@ -40,6 +40,7 @@ define need_package
 endef
 need_mariadbd = $(call need_package,mariadb-server,mariadbd,install Debian's mariadb-server (sudo apt-get install mariadb-server) or set DATABASE_URL)
 need_chromium = $(call need_package,chromium,chromium,the docs test needs Debian's chromium (sudo apt-get install chromium))
+need_redis = $(call need_package,redis-server,redis-server,the shared write budget's tests need Debian's redis-server (sudo apt-get install redis-server))
 
 # DATABASE_URL as given, else the private MariaDB's (started when not running).
 define database_url
@@ -56,6 +57,7 @@ run: $(INSTALLED)
 test: $(INSTALLED)
 	@$(need_mariadbd)
 	@$(need_chromium)
+	@$(need_redis)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 migrate: $(INSTALLED)

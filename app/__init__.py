@@ -69,7 +69,7 @@ def create_app(
     #    answer, whatever refused it (a 429, a 413) or changed it (Connection: close);
     register_observability(app, monitor)
     # 2. the write budget: a 429 before any route runs;
-    register_write_budget(app, settings.write_rate_limit)
+    register_write_budget(app, settings.write_rate_limit, settings.rate_limit_storage_url)
     # 3. first to see an error answer: lets a refused body arrive, or says close.
     register_connection_keeping(app)
 

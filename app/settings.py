@@ -64,6 +64,10 @@ class Settings(BaseSettings):
     # seconds /readyz answers 503 after SIGTERM, while all else is served, before stopping
     drain_seconds: float = Field(default=0.0, ge=0, le=3600)
     write_rate_limit: str = "600/minute"
+    # memory:// (per process) or redis://[:password@]host:port/db (shared); app.web.rate_limit
+    rate_limit_storage_url: str = Field(
+        default="memory://", pattern=r"^(memory://|redis://\S+)$", repr=False
+    )
     # Addresses or CIDR ranges of the proxies in front (app.web.proxies); empty: none.
     trusted_proxies: Annotated[list[IPvAnyNetwork], NoDecode] = Field(default_factory=list)
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)

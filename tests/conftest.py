@@ -25,6 +25,7 @@ from app.data.migrate import migrate
 from app.settings import Settings
 from tests.support.devdb import PrivateMariaDB
 from tests.support.processes import Service, free_port, running_service, upstream_stub
+from tests.support.redis import private_redis
 from tests.support.settings import E2E_TOKEN, make_settings
 
 
@@ -93,6 +94,13 @@ def client(test_app: TestAppProtocol) -> QuartClient:
 @pytest.fixture
 def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A private redis-server (tests/support/redis.py) for the shared write budget."""
+    with private_redis(tmp_path_factory.mktemp("redis")) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

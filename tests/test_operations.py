@@ -345,6 +345,58 @@ def test_forwarded_headers_name_the_client_and_scheme() -> None:
     assert protos == ["https"]
 
 
+async def test_a_budget_in_redis_is_shared_by_instances_and_counted_atomically(
+    migrated: str, db: asyncmy.Connection, redis_url: str
+) -> None:
+    settings = make_settings(
+        migrated, api_token="t", write_rate_limit="4/minute", rate_limit_storage_url=redis_url
+    )
+    first, second = create_app(settings), create_app(settings)
+    headers = {"Authorization": "Bearer t"}
+    peer = {"client": (f"198.51.100.{random.randint(1, 254)}", 1)}
+
+    async with first.test_app() as one, second.test_app() as two:
+        clients = [one.test_client(), two.test_client()]
+        answers = await asyncio.gather(
+            *(
+                clients[n % 2].delete(f"/api/v1/users/{n}", headers=headers, scope_base=peer)
+                for n in range(10)
+            )
+        )
+
+    statuses = sorted(answer.status_code for answer in answers)
+    assert statuses == [404] * 4 + [429] * 6
+
+
+async def test_writes_go_on_uncounted_when_the_budget_store_is_down(
+    migrated: str, db: asyncmy.Connection, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = make_settings(
+        migrated,
+        api_token="t",
+        write_rate_limit="1/minute",
+        rate_limit_storage_url=f"redis://:pw@127.0.0.1:{free_port()}/0",
+    )
+    app = create_app(settings)
+    caplog.set_level(logging.WARNING, logger="app.web.rate_limit")
+
+    headers = {"Authorization": "Bearer t"}
+
+    async with app.test_app() as running:
+        client: QuartClient = running.test_client()  # type: ignore[assignment]
+        before = (await scrape(client)).get(("rate_limit_store_errors_total", ()), 0.0)
+        statuses = [
+            (await client.delete(f"/api/v1/users/{n}", headers=headers)).status_code
+            for n in range(3)
+        ]
+        after = (await scrape(client))[("rate_limit_store_errors_total", ())]
+
+    assert statuses == [404, 404, 404]
+    assert after == before + 3
+    warnings = [r for r in caplog.records if "store not answering" in r.getMessage()]
+    assert len(warnings) == 1
+
+
 async def test_cors_headers_only_for_configured_origins(migrated: str) -> None:
     app = create_app(make_settings(migrated, cors_origins="https://app.example"))
     preflight = {

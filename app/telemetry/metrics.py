@@ -42,6 +42,10 @@ DB_POOL_SIZE = Gauge(
 DB_POOL_FREE = Gauge(
     "db_pool_free_connections", "Connections idle in the pool.", multiprocess_mode="livesum"
 )
+RATE_LIMIT_STORE_ERRORS = Counter(
+    "rate_limit_store_errors_total",
+    "Writes admitted uncounted because the rate-limit store did not answer.",
+)
 LOOP_LAG = Gauge(
     "event_loop_lag_seconds",
     "How late the last event-loop probe woke up.",

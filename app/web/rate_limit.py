@@ -4,39 +4,63 @@ Every write of a client counts against the same budget, whichever route it goes 
 are never counted. The client is the connection's peer address; behind TRUSTED_PROXIES,
 app.web.proxies has already put the forwarded client there. A forwarded header from
 anyone else is never believed: any client can invent one to escape its budget.
-The window is a moving one, kept in limits' in-memory storage: per process, so with
-WORKERS=N or several instances each keeps its own count (see the README).
+
+RATE_LIMIT_STORAGE_URL says where the moving window is kept: `memory://` (per process)
+or `redis://` (shared by every worker and instance; limits counts with Lua scripts, so N
+writes at once against a budget of B admit exactly B). When the store does not answer
+within STORE_TIMEOUT, the write is admitted: a broken store must not stop writes, so it
+is counted (`rate_limit_store_errors_total`) and logged at most once a minute.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import math
 import time
 
 from limits import RateLimitItem, parse
-from limits.aio.storage import MemoryStorage
+from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import MovingWindowRateLimiter
 from quart import Quart, request
 
+from app.telemetry.metrics import RATE_LIMIT_STORE_ERRORS
 from app.web.errors import ApiError
 
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 NAMESPACE = "writes"
+STORE_TIMEOUT = 0.5
+WARN_EVERY = 60.0
+
+log = logging.getLogger(__name__)
+
+
+def open_storage(url: str) -> Storage:
+    if url.startswith("redis://"):
+        # limits' asyncio Redis storage (coredis): its scheme is async+redis
+        return RedisStorage(f"async+{url}")
+    return MemoryStorage()
 
 
 class WriteBudget:
-    def __init__(self, limit: str) -> None:
+    def __init__(self, limit: str, storage_url: str) -> None:
         self.limit: RateLimitItem = parse(limit)
-        self.limiter = MovingWindowRateLimiter(MemoryStorage())
+        self.limiter = MovingWindowRateLimiter(open_storage(storage_url))
+        self._warned_at = -math.inf
 
     async def spend(self) -> None:
         """Count a write against its client's budget; 429 with Retry-After when it is spent."""
         if request.method not in WRITE_METHODS:
             return
         client = request.remote_addr or ""
-        if await self.limiter.hit(self.limit, NAMESPACE, client):
+        try:
+            async with asyncio.timeout(STORE_TIMEOUT):
+                if await self.limiter.hit(self.limit, NAMESPACE, client):
+                    return
+                stats = await self.limiter.get_window_stats(self.limit, NAMESPACE, client)
+        except Exception as error:  # whatever the store's client raises: fail open
+            self._store_failed(error)
             return
-        stats = await self.limiter.get_window_stats(self.limit, NAMESPACE, client)
         retry_after = max(1, math.ceil(stats.reset_time - time.time()))
         raise ApiError(
             429,
@@ -44,6 +68,16 @@ class WriteBudget:
             headers={"Retry-After": str(retry_after)},
         )
 
+    def _store_failed(self, error: Exception) -> None:
+        RATE_LIMIT_STORE_ERRORS.inc()
+        now = time.monotonic()
+        if now - self._warned_at >= WARN_EVERY:
+            self._warned_at = now
+            log.warning(
+                "rate-limit store not answering; writes are admitted uncounted",
+                extra={"error": type(error).__name__},
+            )
 
-def register_write_budget(app: Quart, limit: str) -> None:
-    app.before_request(WriteBudget(limit).spend)
+
+def register_write_budget(app: Quart, limit: str, storage_url: str) -> None:
+    app.before_request(WriteBudget(limit, storage_url).spend)
