@@ -6,6 +6,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
+DEV_INSTALLED := $(VENV)/.dev-installed
 UV_VERSION := 0.13.8
 DEV_DB_DIR := .run/mariadb
 export DEV_DB_PORT ?= 3307
@@ -16,13 +17,18 @@ help:
 	@echo "make run      serve the app on http://$${HOST:-127.0.0.1}:$${PORT:-8000} (docs at /docs)"
 	@echo "make test     run the whole test suite against a real MariaDB"
 	@echo "make migrate  apply pending migrations    make lint   ruff + mypy"
-	@echo "make db-stop  stop the private MariaDB    make lock   re-pin requirements.lock"
+	@echo "make db-stop  stop the private MariaDB    make lock   re-pin the lock files"
 	@echo "make bench    this service against Flask and FastAPI (make bench-quick: ~2 min;"
 	@echo "              make bench-instructions: instructions per request; make soak)"
 
+# What the service runs (make run); the test and lint tools come on top (make test).
 $(INSTALLED): requirements.lock
 	@test -x $(VENV)/bin/pip || $(PYTHON) -m venv --clear $(VENV)
 	$(VENV)/bin/pip install --quiet --require-hashes --no-deps -r requirements.lock
+	@touch $@
+
+$(DEV_INSTALLED): $(INSTALLED) requirements-dev.lock
+	$(VENV)/bin/pip install --quiet --require-hashes --no-deps -r requirements-dev.lock
 	@touch $@
 
 # Debian packages, installed with apt-get when missing and we are root:
@@ -54,7 +60,7 @@ endef
 run: $(INSTALLED)
 	@$(database_url); exec $(PY) -m app
 
-test: $(INSTALLED)
+test: $(DEV_INSTALLED)
 	@$(need_mariadbd)
 	@$(need_chromium)
 	@$(need_redis)
@@ -69,17 +75,17 @@ db-start: $(INSTALLED)
 db-stop: $(INSTALLED)
 	$(PY) -m tests.support.devdb stop --dir $(DEV_DB_DIR)
 
-lint: $(INSTALLED)
+lint: $(DEV_INSTALLED)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-format: $(INSTALLED)
+format: $(DEV_INSTALLED)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
 BENCH_INSTALLED := $(VENV)/.bench-installed
-$(BENCH_INSTALLED): $(INSTALLED) requirements-bench.lock
+$(BENCH_INSTALLED): $(DEV_INSTALLED) requirements-bench.lock
 	$(VENV)/bin/pip install --quiet --require-hashes --no-deps -r requirements-bench.lock
 	@touch $@
 
@@ -105,13 +111,16 @@ soak: $(BENCH_INSTALLED)
 	@$(need_bench_tools)
 	$(PY) -m bench.soak $(SOAK_ARGS)
 
-# Re-pin every dependency (with hashes) after editing pyproject.toml.
+# Re-pin every dependency (with hashes) after editing pyproject.toml: the dev set first (it
+# holds the runtime set), then the runtime and bench sets pinned to the same versions.
 lock:
 	@test -x .run/uv/bin/uv || { $(PYTHON) -m venv .run/uv && .run/uv/bin/pip install --quiet uv==$(UV_VERSION); }
 	.run/uv/bin/uv pip compile pyproject.toml --group dev --generate-hashes --python-version 3.11 \
-	  --no-header --quiet -o requirements.lock
+	  --no-header --quiet -o requirements-dev.lock
+	.run/uv/bin/uv pip compile pyproject.toml --generate-hashes --python-version 3.11 \
+	  --constraint requirements-dev.lock --no-header --quiet -o requirements.lock
 	.run/uv/bin/uv pip compile pyproject.toml --group bench --generate-hashes --python-version 3.11 \
-	  --constraint requirements.lock --no-header --quiet -o requirements-bench.lock
+	  --constraint requirements-dev.lock --no-header --quiet -o requirements-bench.lock
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

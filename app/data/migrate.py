@@ -28,7 +28,12 @@ from pydantic import MySQLDsn
 
 from app.data.database import connect
 
-MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+# Inside the package when installed from the wheel (pyproject.toml puts them there); at the
+# top of the checkout when run from source.
+_PACKAGED = Path(__file__).resolve().parents[1] / "migrations"
+MIGRATIONS_DIR = (
+    _PACKAGED if _PACKAGED.is_dir() else Path(__file__).resolve().parents[2] / "migrations"
+)
 LOCK_NAME = "quart_async_demo.migrate"
 LOCK_WAIT_SECONDS = 60
 FILE_NAME = re.compile(r"^(\d+)_([a-z0-9_]+)\.sql$")
