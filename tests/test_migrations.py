@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import socket
+import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -16,6 +18,7 @@ from pydantic import MySQLDsn, TypeAdapter
 from app import create_app
 from app.data.database import connect
 from app.data.migrate import MIGRATIONS_DIR, MigrationError, load_migrations, migrate
+from tests.support.devdb import DevDBError, PrivateMariaDB
 from tests.support.settings import make_settings
 
 
@@ -154,3 +157,16 @@ async def test_without_migrating_at_start_the_service_says_its_schema_is_behind(
     assert tables == [], "the service did not migrate by itself"
     assert applied == [migration.label for migration in load_migrations()]
     assert (ready.status_code, after.status_code) == (200, 200)
+
+
+def test_a_private_mariadb_on_a_taken_port_says_so_at_once(tmp_path: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        database = PrivateMariaDB(tmp_path / "db", port=port, database="taken")
+        started = time.monotonic()
+        with pytest.raises(DevDBError, match=f"port {port} .* is taken"):
+            database.start()
+
+    assert time.monotonic() - started < 5, "no 30 s wait for a server that cannot bind"

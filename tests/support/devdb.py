@@ -18,6 +18,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -35,6 +36,15 @@ INSTALL_HINT = (
 
 class DevDBError(RuntimeError):
     pass
+
+
+def _port_taken(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
 
 
 def _find(program: str) -> str | None:
@@ -101,6 +111,14 @@ class PrivateMariaDB:
             raise DevDBError(INSTALL_HINT)
         if setsid is None:
             raise DevDBError("setsid not found: install util-linux")
+        if _port_taken(self.port):
+            # another checkout's private MariaDB, or any other server: say so now rather
+            # than wait 30 s for a mariadbd that cannot bind
+            raise DevDBError(
+                f"port {self.port} on 127.0.0.1 is taken by another server (another checkout's"
+                " private MariaDB?): run `make db-stop` in that checkout, or choose another"
+                " port with DEV_DB_PORT=NNNN"
+            )
         self.directory.mkdir(parents=True, exist_ok=True)
         os_user = getpass.getuser()
         if not (self.datadir / "mysql").is_dir():
