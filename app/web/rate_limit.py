@@ -29,7 +29,7 @@ from app.web.errors import ApiError
 
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 NAMESPACE = "writes"
-STORE_TIMEOUT = 0.5
+STORE_TIMEOUT = 1.0
 WARN_EVERY = 60.0
 
 log = logging.getLogger(__name__)

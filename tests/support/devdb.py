@@ -40,6 +40,8 @@ class DevDBError(RuntimeError):
 
 def _port_taken(port: int) -> bool:
     with socket.socket() as probe:
+        # a port in TIME_WAIT after our own server stopped is free to take again
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(("127.0.0.1", port))
         except OSError:
