@@ -1,0 +1,246 @@
+"""`make cluster`: the deployment's topology on one machine, from Debian's packages.
+
+The private MariaDB (tests.support.devdb), one migration run, a private redis-server for
+the write budget (loopback, a password, nothing on disk), N instances of the service on
+their own ports (MIGRATE_ON_START=false, the balancer as their trusted proxy), and HAProxy
+in front on HOST:PORT, health-checking `/readyz` and retrying a request whose connection
+failed on another instance. Everything listens on 127.0.0.1; state, logs and pid files
+live under .run/cluster/.
+
+    python -m tests.support.cluster start [--instances 3]   # prints what runs where
+    python -m tests.support.cluster stop                    # the MariaDB stays (make db-stop)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from tests.support.devdb import PrivateMariaDB
+from tests.support.processes import REPO
+
+CLUSTER_DIR = REPO / ".run" / "cluster"
+
+
+@dataclass(frozen=True)
+class Cluster:
+    directory: Path
+    host: str
+    port: int
+    instances: int
+    first_instance_port: int
+    redis_port: int
+
+    @property
+    def instance_ports(self) -> list[int]:
+        return [self.first_instance_port + n for n in range(self.instances)]
+
+    def secret(self, name: str) -> str:
+        path = self.directory / name
+        if not path.exists():
+            self.directory.mkdir(parents=True, exist_ok=True)
+            path.write_text(secrets.token_urlsafe(24))
+            path.chmod(0o600)
+        return path.read_text().strip()
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://:{self.secret('redis.password')}@127.0.0.1:{self.redis_port}/0"
+
+    def start(self, database_url: str) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            [sys.executable, "-m", "app.migrate"],
+            env={**os.environ, "DATABASE_URL": database_url},
+            check=True,
+            cwd=REPO,
+        )
+        self._start_redis()
+        for n, port in enumerate(self.instance_ports, start=1):
+            self.start_instance(n, port, database_url)
+        self._start_haproxy()
+        self._wait_until_ready()
+
+    def _start_redis(self) -> None:
+        if _alive(self.directory / "redis.pid"):
+            return
+        subprocess.run(
+            [
+                _program("redis-server"), "--port", str(self.redis_port), "--bind", "127.0.0.1",
+                "--requirepass", self.secret("redis.password"), "--save", "",
+                "--appendonly", "no", "--dir", str(self.directory), "--daemonize", "yes",
+                "--pidfile", str(self.directory / "redis.pid"),
+                "--logfile", str(self.directory / "redis.log"),
+            ],
+            check=True,
+        )  # fmt: skip
+
+    def start_instance(self, n: int, port: int, database_url: str) -> None:
+        pid_file = self.directory / f"instance-{n}.pid"
+        if _alive(pid_file):
+            return
+        environment = {
+            **os.environ,
+            "DATABASE_URL": database_url,
+            "HOST": "127.0.0.1",
+            "PORT": str(port),
+            "MIGRATE_ON_START": "false",
+            "TRUSTED_PROXIES": "127.0.0.1/32",
+            "RATE_LIMIT_STORAGE_URL": self.redis_url,
+            "DRAIN_SECONDS": os.environ.get("DRAIN_SECONDS", "3"),
+            "API_TOKEN": os.environ.get("API_TOKEN") or self.secret("api_token"),
+        }
+        with (self.directory / f"instance-{n}.log").open("ab") as log:
+            # a session of its own: it outlives this command, like the private MariaDB
+            process = subprocess.Popen(
+                [sys.executable, "-m", "app"],
+                env=environment,
+                cwd=REPO,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                start_new_session=True,
+            )
+        pid_file.write_text(str(process.pid))
+
+    def _start_haproxy(self) -> None:
+        config = self.directory / "haproxy.cfg"
+        servers = "\n".join(
+            f"  server app{n} 127.0.0.1:{port} check"
+            for n, port in enumerate(self.instance_ports, start=1)
+        )
+        config.write_text(HAPROXY_CONFIG.format(bind=f"{self.host}:{self.port}", servers=servers))
+        pid_file = self.directory / "haproxy.pid"
+        command = [_program("haproxy"), "-D", "-f", str(config), "-p", str(pid_file)]
+        if _alive(pid_file):
+            # a new configuration (another number of instances) without dropping connections
+            command += ["-sf", pid_file.read_text().strip()]
+        subprocess.run(command, check=True)
+
+    def _wait_until_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        for port in self.instance_ports:
+            while httpx_status(f"http://127.0.0.1:{port}/readyz") != 200:
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"instance on port {port} not ready; see {self.directory}")
+                time.sleep(0.2)
+        while httpx_status(f"http://{self.host}:{self.port}/readyz") != 200:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"HAProxy on {self.host}:{self.port} not ready")
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        for pid_file in sorted(self.directory.glob("*.pid")):
+            pid = _pid(pid_file)
+            if pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+            pid_file.unlink(missing_ok=True)
+
+
+HAPROXY_CONFIG = """\
+defaults
+  mode http
+  timeout connect 1s
+  timeout client 30s
+  timeout server 30s
+  # a request whose connection failed goes to another instance
+  retries 3
+  option redispatch 1
+  retry-on conn-failure empty-response
+  option forwardfor
+
+frontend web
+  bind {bind}
+  default_backend instances
+
+backend instances
+  balance roundrobin
+  option httpchk GET /readyz
+  http-check expect status 200
+  default-server inter 1s fall 2 rise 1
+{servers}
+"""
+
+
+def httpx_status(url: str) -> int | None:
+    try:
+        return httpx.get(url, timeout=2).status_code
+    except httpx.HTTPError:
+        return None
+
+
+def _program(name: str) -> str:
+    found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/bin:/sbin")
+    if found is None:
+        raise SystemExit(f"{name} not found: install Debian's {name} (apt-get install {name})")
+    return found
+
+
+def _pid(pid_file: Path) -> int | None:
+    try:
+        return int(pid_file.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _alive(pid_file: Path) -> bool:
+    pid = _pid(pid_file)
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def cluster_from_environment(instances: int) -> Cluster:
+    return Cluster(
+        directory=CLUSTER_DIR,
+        host=os.environ.get("HOST", "127.0.0.1"),
+        port=int(os.environ.get("PORT", "8000")),
+        instances=instances,
+        first_instance_port=int(os.environ.get("CLUSTER_INSTANCE_PORT", "8101")),
+        redis_port=int(os.environ.get("CLUSTER_REDIS_PORT", "6390")),
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=["start", "stop"])
+    parser.add_argument("--instances", type=int, default=int(os.environ.get("INSTANCES", "3")))
+    args = parser.parse_args()
+    cluster = cluster_from_environment(args.instances)
+    if args.command == "stop":
+        cluster.stop()
+        print("cluster stopped (the private MariaDB keeps running: make db-stop)")
+        return
+    database = PrivateMariaDB(
+        REPO / ".run" / "mariadb", port=int(os.environ.get("DEV_DB_PORT", "3307"))
+    )
+    database.start()
+    cluster.start(database.url)
+    base = f"http://{cluster.host}:{cluster.port}"
+    print(f"MariaDB       127.0.0.1:{database.port} (data in .run/mariadb)")
+    print(f"Redis         127.0.0.1:{cluster.redis_port} (password in .run/cluster/redis.password)")
+    for n, port in enumerate(cluster.instance_ports, start=1):
+        print(f"instance {n}    http://127.0.0.1:{port}  (log .run/cluster/instance-{n}.log)")
+    print(f"HAProxy       {base}  (config .run/cluster/haproxy.cfg)")
+    print(f"docs          {base}/docs   writes: Bearer token in .run/cluster/api_token")
+    print("stop with: make cluster-stop")
+
+
+if __name__ == "__main__":
+    main()
