@@ -11,14 +11,15 @@ UV_VERSION := 0.13.8
 DEV_DB_DIR := .run/mariadb
 export DEV_DB_PORT ?= 3307
 
-.PHONY: help run test migrate lint format bench bench-quick bench-instructions soak db-start db-stop lock clean cluster cluster-stop
+.PHONY: help run test migrate lint format bench bench-quick bench-instructions soak db-start db-stop lock clean cluster cluster-stop cluster-drill
 
 help:
 	@echo "make run      serve the app on http://$${HOST:-127.0.0.1}:$${PORT:-8000} (docs at /docs)"
 	@echo "make test     run the whole test suite against a real MariaDB"
 	@echo "make migrate  apply pending migrations    make lint   ruff + mypy"
 	@echo "make db-stop  stop the private MariaDB    make lock   re-pin the lock files"
-	@echo "make cluster  MariaDB, Redis, 3 instances and HAProxy on HOST:PORT (make cluster-stop)"
+	@echo "make cluster  MariaDB, Redis, 3 instances and HAProxy on HOST:PORT (make cluster-stop;"
+	@echo "              make cluster-drill: rolling restart, SIGKILL, budget, forged headers, store down)"
 	@echo "make bench    this service against Flask and FastAPI (make bench-quick: ~2 min;"
 	@echo "              make bench-instructions: instructions per request; make soak)"
 
@@ -83,6 +84,13 @@ cluster: $(DEV_INSTALLED)
 
 cluster-stop: $(DEV_INSTALLED)
 	$(PY) -m tests.support.cluster stop
+
+# The SPEC's drills on a cluster of their own (ports of their own, state in .run/drill).
+cluster-drill: $(DEV_INSTALLED)
+	@$(need_mariadbd)
+	@$(need_redis)
+	@$(call need_package,haproxy,haproxy,make cluster-drill needs Debian's haproxy (sudo apt-get install haproxy))
+	$(PY) -m tests.support.drill
 
 db-stop: $(INSTALLED)
 	$(PY) -m tests.support.devdb stop --dir $(DEV_DB_DIR)

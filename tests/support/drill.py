@@ -1,0 +1,232 @@
+"""`make cluster-drill`: the SPEC's drills against `make cluster`, a figure for each.
+
+Starts its own cluster (3 instances, WRITE_RATE_LIMIT=30/minute, ports of its own), runs:
+
+- rolling restart: each instance stopped (SIGTERM: it drains, HAProxy takes it out) and
+  started again in turn, under steady GET traffic through HAProxy: 0 failed requests;
+- SIGKILL of one instance under GET traffic: 0 failed GETs (HAProxy retries the failed
+  connection on another instance); restarted, it rejoins;
+- the budget across instances: 90 writes from one client through HAProxy admit exactly 30;
+- forged X-Forwarded-For straight to an instance (from 127.0.0.2, not the balancer):
+  the 30 writes of a budget, then none, whatever address each claims;
+- the Redis store stopped: writes keep working (admitted, counted in
+  rate_limit_store_errors_total);
+
+prints one line per drill, stops the cluster, and exits 1 if any drill failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import sys
+import time
+
+import httpx
+
+from tests.support.cluster import Cluster, _pid
+from tests.support.devdb import PrivateMariaDB
+from tests.support.processes import REPO, free_port
+
+BUDGET = 30
+
+
+async def traffic(base: str, stop: asyncio.Event, results: list[int], workers: int = 8) -> None:
+    """Steady mixed GETs through the balancer; each answer's status (-1: no answer)."""
+    paths = ["/api/v1/users?limit=5", "/db", "/healthz", "/api/v1/users/1"]
+
+    async def worker(n: int) -> None:
+        async with httpx.AsyncClient(base_url=base, timeout=10) as client:
+            i = n
+            while not stop.is_set():
+                try:
+                    status = (await client.get(paths[i % len(paths)])).status_code
+                except httpx.HTTPError:
+                    status = -1
+                results.append(status)
+                i += 1
+                await asyncio.sleep(0.01)
+
+    await asyncio.gather(*(worker(n) for n in range(workers)))
+
+
+def free_ports_in_a_row(count: int) -> int:
+    """The first of `count` consecutive free ports on 127.0.0.1."""
+    while True:
+        first = free_port()
+        with contextlib.ExitStack() as held:
+            try:
+                for port in range(first, first + count):
+                    probe = held.enter_context(socket.socket())
+                    probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return first
+
+
+def failed(results: list[int]) -> int:
+    return sum(1 for status in results if status not in (200, 404))
+
+
+async def wait_ready(url: str) -> None:
+    async with asyncio.timeout(30), httpx.AsyncClient(timeout=2) as client:
+        while True:
+            try:
+                if (await client.get(url)).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.2)
+
+
+def gone(pid: int) -> bool:
+    try:  # our own child (the drill started it): reap it, or it lingers as a zombie
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return True
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+async def wait_gone(pid: int) -> None:
+    async with asyncio.timeout(30):
+        while not gone(pid):  # noqa: ASYNC110 (another process: nothing to await)
+            await asyncio.sleep(0.1)
+
+
+async def rejoin(cluster: Cluster, n: int, port: int, database_url: str) -> None:
+    cluster.start_instance(n, port, database_url)
+    await wait_ready(f"http://127.0.0.1:{port}/readyz")
+    await asyncio.sleep(2.5)  # HAProxy: one good check every second, rise 1
+
+
+async def under_traffic(base: str, action: object) -> tuple[int, int]:
+    results: list[int] = []
+    stop = asyncio.Event()
+    runner = asyncio.create_task(traffic(base, stop, results))
+    await asyncio.sleep(1)
+    await action  # type: ignore[misc]
+    await asyncio.sleep(1)
+    stop.set()
+    await runner
+    return len(results), failed(results)
+
+
+async def writes(base: str, count: int, **client_options: object) -> list[int]:
+    token = (REPO / ".run" / "drill" / "api_token").read_text().strip()
+    headers = {"Authorization": f"Bearer {token}"}
+    statuses = []
+    transport = httpx.AsyncHTTPTransport(**client_options)  # type: ignore[arg-type]
+    async with httpx.AsyncClient(base_url=base, timeout=10, transport=transport) as client:
+        for n in range(count):
+            forged = {"X-Forwarded-For": f"203.0.113.{n % 250 + 1}"}
+            response = await client.delete(
+                f"/api/v1/users/{10**9 + n}", headers={**headers, **forged}
+            )
+            statuses.append(response.status_code)
+    return statuses
+
+
+async def drills(cluster: Cluster, database_url: str) -> bool:
+    base = f"http://{cluster.host}:{cluster.port}"
+    ports = cluster.instance_ports
+    ok = True
+
+    def report(name: str, passed: bool, figures: str) -> None:
+        nonlocal ok
+        ok &= passed
+        print(f"{'PASS' if passed else 'FAIL'}  {name}: {figures}", flush=True)
+
+    async def rolling() -> None:
+        for n, port in enumerate(ports, start=1):
+            pid = _pid(cluster.directory / f"instance-{n}.pid")
+            assert pid is not None
+            os.kill(pid, signal.SIGTERM)
+            await wait_gone(pid)
+            await rejoin(cluster, n, port, database_url)
+
+    sent, bad = await under_traffic(base, rolling())
+    report("rolling restart", bad == 0, f"{sent} GETs, {bad} failed")
+
+    async def kill_one() -> None:
+        pid = _pid(cluster.directory / "instance-2.pid")
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        await wait_gone(pid)
+        await asyncio.sleep(3)
+        await rejoin(cluster, 2, ports[1], database_url)
+
+    sent, bad = await under_traffic(base, kill_one())
+    report("SIGKILL one instance", bad == 0, f"{sent} GETs, {bad} failed; it rejoined")
+
+    # from 127.0.0.4: on one machine 127.0.0.1 is the balancer's own, trusted, address
+    statuses = await writes(base, 3 * BUDGET, local_address="127.0.0.4")
+    admitted = statuses.count(404)
+    report(
+        "budget across instances",
+        admitted == BUDGET and statuses.count(429) == 2 * BUDGET,
+        f"{len(statuses)} writes through HAProxy, {admitted} admitted (budget {BUDGET})",
+    )
+
+    statuses = await writes(f"http://127.0.0.1:{ports[0]}", BUDGET + 10, local_address="127.0.0.2")
+    admitted = statuses.count(404)
+    report(
+        "forged X-Forwarded-For, straight to an instance",
+        admitted == BUDGET,
+        f"{len(statuses)} writes each claiming another address, {admitted} admitted",
+    )
+
+    redis_pid = _pid(cluster.directory / "redis.pid")
+    assert redis_pid is not None
+    os.kill(redis_pid, signal.SIGTERM)
+    await wait_gone(redis_pid)
+    statuses = await writes(base, 10, local_address="127.0.0.3")
+    async with httpx.AsyncClient(timeout=5) as client:
+        metrics = (await client.get(f"http://127.0.0.1:{ports[0]}/metrics")).text
+    counted = any(
+        line.startswith("rate_limit_store_errors_total ") and float(line.split()[1]) > 0
+        for line in metrics.splitlines()
+    )
+    report(
+        "Redis store stopped",
+        statuses.count(404) == 10 and counted,
+        f"10 writes, {statuses.count(404)} admitted, store errors counted: {counted}",
+    )
+    return ok
+
+
+def main() -> None:
+    directory = REPO / ".run" / "drill"
+    database = PrivateMariaDB(directory / "mariadb", port=free_port(), database="drill")
+    cluster = Cluster(
+        directory=directory,
+        host="127.0.0.1",
+        port=free_port(),
+        instances=3,
+        first_instance_port=free_ports_in_a_row(3),
+        redis_port=free_port(),
+    )
+    os.environ.update({"WRITE_RATE_LIMIT": f"{BUDGET}/minute", "DRAIN_SECONDS": "3"})
+    os.environ.pop("API_TOKEN", None)
+    started = time.monotonic()
+    try:
+        database.start()
+        cluster.start(database.url)
+        ok = asyncio.run(drills(cluster, database.url))
+    finally:
+        cluster.stop()
+        time.sleep(4)  # the instances drain before they stop
+        database.stop()
+    print(f"drills done in {time.monotonic() - started:.0f} s", flush=True)
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()
