@@ -114,11 +114,15 @@ class Cluster:
             )
         pid_file.write_text(str(process.pid))
 
-    def _start_haproxy(self) -> None:
+    def _start_haproxy(self, extra: dict[str, str] | None = None) -> None:
+        """HAProxy on HOST:PORT before the instances (and `extra` servers: name -> addr:port)."""
         config = self.directory / "haproxy.cfg"
+        addresses = {
+            f"app{n}": f"127.0.0.1:{port}" for n, port in enumerate(self.instance_ports, start=1)
+        }
         servers = "\n".join(
-            f"  server app{n} 127.0.0.1:{port} check"
-            for n, port in enumerate(self.instance_ports, start=1)
+            f"  server {name} {address} check"
+            for name, address in {**addresses, **(extra or {})}.items()
         )
         config.write_text(HAPROXY_CONFIG.format(bind=f"{self.host}:{self.port}", servers=servers))
         pid_file = self.directory / "haproxy.pid"
@@ -155,10 +159,11 @@ defaults
   timeout connect 1s
   timeout client 30s
   timeout server 30s
-  # a request whose connection failed goes to another instance
+  # a request whose connection failed, or that an instance could not serve (503: its
+  # database away) goes to another instance; after the request was sent, only a GET
   retries 3
   option redispatch 1
-  retry-on conn-failure empty-response
+  retry-on conn-failure empty-response 503
   option forwardfor
 
 frontend web
@@ -167,6 +172,7 @@ frontend web
 
 backend instances
   balance roundrobin
+  http-request disable-l7-retry unless METH_GET
   option httpchk GET /readyz
   http-check expect status 200
   default-server inter 1s fall 2 rise 1

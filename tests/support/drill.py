@@ -22,6 +22,7 @@ import contextlib
 import os
 import signal
 import socket
+import subprocess
 import sys
 import time
 
@@ -199,7 +200,132 @@ async def drills(cluster: Cluster, database_url: str) -> bool:
         statuses.count(404) == 10 and counted,
         f"10 writes, {statuses.count(404)} admitted, store errors counted: {counted}",
     )
+    if os.geteuid() != 0:
+        print("SKIP  partition: needs root for a network namespace", flush=True)
+        return ok
+    passed, figures = await partition(cluster, database_url)
+    report("partition from the database", passed, figures)
     return ok
+
+
+NETNS = f"qad-drill-{os.getpid()}"
+LB_HOST, LB_NS, DB_HOST, DB_NS = "10.231.1.1", "10.231.1.2", "10.231.2.1", "10.231.2.2"
+
+
+def ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True)
+
+
+async def relay(listen_host: str, target_port: int) -> asyncio.Server:
+    """A TCP relay from an address on the database link to the MariaDB on 127.0.0.1."""
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except OSError:
+            pass
+        finally:
+            writer.close()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            target_reader, target_writer = await asyncio.open_connection("127.0.0.1", target_port)
+        except OSError:
+            writer.close()
+            return
+        await asyncio.gather(pipe(reader, target_writer), pipe(target_reader, writer))
+
+    return await asyncio.start_server(handle, listen_host, 0)
+
+
+async def partition(cluster: Cluster, database_url: str) -> tuple[bool, str]:
+    """A fourth instance in a network namespace of its own, its database link cut and back."""
+    ip("netns", "add", NETNS)
+    try:
+        ip("link", "add", "qad-lb-h", "type", "veth", "peer", "name", "qad-lb-n")
+        ip("link", "add", "qad-db-h", "type", "veth", "peer", "name", "qad-db-n")
+        for name, address in (("qad-lb", (LB_HOST, LB_NS)), ("qad-db", (DB_HOST, DB_NS))):
+            ip("link", "set", f"{name}-n", "netns", NETNS)
+            ip("addr", "add", f"{address[0]}/30", "dev", f"{name}-h")
+            ip("link", "set", f"{name}-h", "up")
+            ip("netns", "exec", NETNS, "ip", "addr", "add", f"{address[1]}/30", "dev", f"{name}-n")
+            ip("netns", "exec", NETNS, "ip", "link", "set", f"{name}-n", "up")
+        ip("netns", "exec", NETNS, "ip", "link", "set", "lo", "up")
+        database_port = int(database_url.rsplit(":", 1)[1].split("/")[0])
+        server = await relay(DB_HOST, database_port)
+        relay_port = server.sockets[0].getsockname()[1]
+        user_part, rest = database_url.split("@", 1)
+        inside_url = f"{user_part}@{DB_HOST}:{relay_port}/{rest.split('/', 1)[1]}"
+        port = free_port()
+        process = start_partitioned(cluster, inside_url, port)
+        try:
+            await wait_ready(f"http://{LB_NS}:{port}/readyz")
+            cluster._start_haproxy(extra={"partitioned": f"{LB_NS}:{port}"})
+            await asyncio.sleep(2.5)
+            base = f"http://{cluster.host}:{cluster.port}"
+
+            during, counts = 0, []
+
+            async def cut_and_heal() -> None:
+                nonlocal during
+                counts.append(served(cluster))  # joined, before the cut
+                ip("netns", "exec", NETNS, "ip", "link", "set", "qad-db-n", "down")
+                await asyncio.sleep(4)  # HAProxy: two failed checks a second apart
+                async with httpx.AsyncClient(timeout=5) as client:
+                    during = (await client.get(f"http://{LB_NS}:{port}/readyz")).status_code
+                counts.append(served(cluster))
+                await asyncio.sleep(3)
+                counts.append(served(cluster))  # out of the balancer: no new requests
+                ip("netns", "exec", NETNS, "ip", "link", "set", "qad-db-n", "up")
+                await wait_ready(f"http://{LB_NS}:{port}/readyz")
+                await asyncio.sleep(4)
+                counts.append(served(cluster))  # back in
+
+            sent, bad = await under_traffic(base, cut_and_heal())
+        finally:
+            process.terminate()
+            await asyncio.to_thread(process.wait, 20)
+            server.close()
+            cluster._start_haproxy()
+        before, cut, out, back = counts
+        passed = bad == 0 and during == 503 and out == cut and back > out
+        return passed, (
+            f"{sent} GETs, {bad} failed; its /readyz while cut off: {during}; requests it"
+            f" served (health checks aside) at the cut {before}, 4 s later {cut}, 7 s later"
+            f" {out}, 4 s after the link came back {back}"
+        )
+    finally:
+        remove_namespace()
+
+
+def start_partitioned(cluster: Cluster, database_url: str, port: int) -> subprocess.Popen[bytes]:
+    token = (cluster.directory / "api_token").read_text().strip()
+    with (cluster.directory / "instance-p.log").open("ab") as log:
+        return subprocess.Popen(
+            ["ip", "netns", "exec", NETNS, sys.executable, "-m", "app"],
+            env={
+                **os.environ, "DATABASE_URL": database_url, "HOST": LB_NS, "PORT": str(port),
+                "MIGRATE_ON_START": "false", "TRUSTED_PROXIES": f"{LB_HOST}/32",
+                "DB_QUERY_TIMEOUT": "2", "DB_POOL_TIMEOUT": "1", "API_TOKEN": token,
+            },
+            cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
+            start_new_session=True,
+        )  # fmt: skip
+
+
+def remove_namespace() -> None:
+    for link in ("qad-lb-h", "qad-db-h"):
+        subprocess.run(["ip", "link", "del", link], check=False, capture_output=True)
+    subprocess.run(["ip", "netns", "del", NETNS], check=False)
+
+
+def served(cluster: Cluster) -> int:
+    """Requests the partitioned instance has answered, the balancer's health checks aside."""
+    path = cluster.directory / "instance-p.log"
+    lines = path.read_text().splitlines() if path.exists() else []
+    return sum(1 for line in lines if '"app.access"' in line and '"/readyz"' not in line)
 
 
 def main() -> None:
