@@ -27,7 +27,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.support.devdb import PrivateMariaDB
+from tests.support.devdb import PrivateMariaDB, port_taken
 from tests.support.processes import REPO
 
 CLUSTER_DIR = REPO / ".run" / "cluster"
@@ -60,6 +60,7 @@ class Cluster:
 
     def start(self, database_url: str) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
+        self._check_ports()
         subprocess.run(
             [sys.executable, "-m", "app.migrate"],
             env={**os.environ, "DATABASE_URL": database_url},
@@ -71,6 +72,21 @@ class Cluster:
             self.start_instance(n, port, database_url)
         self._start_haproxy()
         self._wait_until_ready()
+
+    def _check_ports(self) -> None:
+        """One line at once for a port another checkout (or anything) holds, not a long wait."""
+        ours = {
+            self.redis_port: "redis.pid",
+            self.port: "haproxy.pid",
+            **{port: f"instance-{n}.pid" for n, port in enumerate(self.instance_ports, start=1)},
+        }
+        for port, pid_file in ours.items():
+            if not _alive(self.directory / pid_file) and port_taken(port):
+                raise SystemExit(
+                    f"port {port} on 127.0.0.1 is taken by another server (another checkout's"
+                    " cluster? make cluster-stop there): choose other ports with PORT,"
+                    " CLUSTER_INSTANCE_PORT and CLUSTER_REDIS_PORT"
+                )
 
     def _start_redis(self) -> None:
         if _alive(self.directory / "redis.pid"):

@@ -38,7 +38,7 @@ class DevDBError(RuntimeError):
     pass
 
 
-def _port_taken(port: int) -> bool:
+def port_taken(port: int) -> bool:
     with socket.socket() as probe:
         # a port in TIME_WAIT after our own server stopped is free to take again
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -113,7 +113,7 @@ class PrivateMariaDB:
             raise DevDBError(INSTALL_HINT)
         if setsid is None:
             raise DevDBError("setsid not found: install util-linux")
-        if _port_taken(self.port):
+        if port_taken(self.port):
             # another checkout's private MariaDB, or any other server: say so now rather
             # than wait 30 s for a mariadbd that cannot bind
             raise DevDBError(
