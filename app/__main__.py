@@ -24,11 +24,8 @@ def hypercorn_config(settings: Settings) -> Config:
     config.application_path = "app.asgi:app"
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     config.bind = [f"{host}:{settings.port}"]
-    # 0 serves in this process (hypercorn would start one child for workers=1); more
-    # workers are started and replaced by app.workers, not by hypercorn.
+    # app.workers starts, replaces and stops the processes (each on uvloop), not hypercorn
     config.workers = 0
-    # uvloop: hypercorn's asyncio worker had a p99 of up to 2 s under load here.
-    config.worker_class = "uvloop"
     config.graceful_timeout = settings.shutdown_grace
     config.backlog = 2048
     # Our own request log (app.telemetry.requests) carries the request id; hypercorn's would

@@ -36,24 +36,21 @@ async def readyz() -> Readiness:
     version needs; 503 when it does not answer, or with `code: schema_behind` when it lacks
     a migration."""
     if deps.resources().drain.started:
-        raise ApiError(
-            503,
-            "This instance is stopping; send new requests elsewhere.",
-            headers={"Retry-After": "5"},
-            code="draining",
-        )
+        raise _not_ready("draining", "This instance is stopping; send new requests elsewhere.")
     database = deps.database()
     if not await database.ping(READY_TIMEOUT):
         raise DatabaseUnavailable("The database is not answering.")
     if missing := await database.missing_migrations(READY_TIMEOUT):
-        raise ApiError(
-            503,
+        raise _not_ready(
+            "schema_behind",
             f"The database lacks migrations this version needs: {', '.join(missing)}. "
             "Run them (make migrate, or python -m app.migrate).",
-            headers={"Retry-After": "5"},
-            code="schema_behind",
         )
     return Readiness()
+
+
+def _not_ready(code: str, detail: str) -> ApiError:
+    return ApiError(503, detail, headers={"Retry-After": "5"}, code=code)
 
 
 @blueprint.get("/metrics")

@@ -146,33 +146,39 @@ class Database:
         DB_POOL_SIZE.set(self.pool.size if self.pool is not None else 0)
         DB_POOL_FREE.set(self.pool.freesize if self.pool is not None else 0)
 
-    async def ping(self, within: float) -> bool:
-        """Whether the database answers a round trip within `within` seconds.
+    @contextlib.asynccontextmanager
+    async def _pinger_connection(self, within: float) -> AsyncIterator[asyncmy.Connection]:
+        """The connection kept for readiness checks, outside the pool (a pool busy with slow
+        requests says nothing about whether the database is alive), within `within` s.
 
-        On a connection of its own, outside the pool: a pool busy with slow requests says
-        nothing about whether the database is alive.
+        Cut short (a timeout, an error, or the request cancelled when its client hung up),
+        the connection is mid-conversation: it is dropped, and the next check opens another.
         """
-        if self.pool is None:
-            return False
         answered = False
         try:
             async with asyncio.timeout(within), self._ping_lock:
                 if self._pinger is None:
                     self._pinger = await connect(self.url)
-                await self._pinger.ping(reconnect=False)
+                yield self._pinger
             answered = True
-        except (TimeoutError, asyncmy.errors.Error, OSError):
-            pass
         finally:
-            # Cut short (a timeout, an error, or the request cancelled when its client hung
-            # up), the connection is mid-conversation: the next ping gets a new one.
             if not answered and self._pinger is not None:
                 self._pinger.close()
                 self._pinger = None
-        return answered
+
+    async def ping(self, within: float) -> bool:
+        """Whether the database answers a round trip within `within` seconds."""
+        if self.pool is None:
+            return False
+        try:
+            async with self._pinger_connection(within) as pinger:
+                await pinger.ping(reconnect=False)
+        except (TimeoutError, asyncmy.errors.Error, OSError):
+            return False
+        return True
 
     async def missing_migrations(self, within: float) -> list[str]:
-        """The migrations this code needs that the database lacks, asked on the ping's
+        """The migrations this code needs that the database lacks, asked on the readiness
         connection; DatabaseUnavailable when it does not answer within `within` seconds.
 
         Migrations are only ever added, so once none is missing that is remembered.
@@ -180,23 +186,15 @@ class Database:
         if not self.required_migrations:
             return []
         applied: set[int] = set()
-        answered = False
         try:
-            async with asyncio.timeout(within), self._ping_lock:
-                if self._pinger is None:
-                    self._pinger = await connect(self.url)
-                async with self._pinger.cursor() as cursor:
+            async with self._pinger_connection(within) as pinger, pinger.cursor() as cursor:
+                try:
                     await cursor.execute("SELECT version FROM schema_migrations")
                     applied = {version for (version,) in await cursor.fetchall()}
-            answered = True
-        except asyncmy.errors.ProgrammingError:  # no schema_migrations table: none applied
-            answered = True
+                except asyncmy.errors.ProgrammingError:  # no schema_migrations: none applied
+                    pass
         except (TimeoutError, asyncmy.errors.Error, OSError):
             raise DatabaseUnavailable("The database is not answering.") from None
-        finally:
-            if not answered and self._pinger is not None:  # cut short mid-conversation
-                self._pinger.close()
-                self._pinger = None
         missing = [
             name
             for version, name in sorted(self.required_migrations.items())

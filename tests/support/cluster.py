@@ -70,7 +70,7 @@ class Cluster:
         self._start_redis()
         for n, port in enumerate(self.instance_ports, start=1):
             self.start_instance(n, port, database_url)
-        self._start_haproxy()
+        self.start_haproxy()
         self._wait_until_ready()
 
     def _check_ports(self) -> None:
@@ -130,7 +130,7 @@ class Cluster:
             )
         pid_file.write_text(str(process.pid))
 
-    def _start_haproxy(self, extra: dict[str, str] | None = None) -> None:
+    def start_haproxy(self, extra: dict[str, str] | None = None) -> None:
         """HAProxy on HOST:PORT before the instances (and `extra` servers: name -> addr:port)."""
         config = self.directory / "haproxy.cfg"
         addresses = {
@@ -162,7 +162,7 @@ class Cluster:
 
     def stop(self) -> None:
         for pid_file in sorted(self.directory.glob("*.pid")):
-            pid = _pid(pid_file)
+            pid = read_pid(pid_file)
             if pid is not None:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGTERM)
@@ -210,7 +210,7 @@ def _program(name: str) -> str:
     return found
 
 
-def _pid(pid_file: Path) -> int | None:
+def read_pid(pid_file: Path) -> int | None:
     try:
         return int(pid_file.read_text().split()[0])
     except (OSError, ValueError, IndexError):
@@ -218,7 +218,7 @@ def _pid(pid_file: Path) -> int | None:
 
 
 def _alive(pid_file: Path) -> bool:
-    pid = _pid(pid_file)
+    pid = read_pid(pid_file)
     if pid is None:
         return False
     try:

@@ -25,10 +25,11 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable
 
 import httpx
 
-from tests.support.cluster import Cluster, _pid
+from tests.support.cluster import Cluster, read_pid
 from tests.support.devdb import PrivateMariaDB
 from tests.support.processes import REPO, free_port
 
@@ -108,12 +109,12 @@ async def rejoin(cluster: Cluster, n: int, port: int, database_url: str) -> None
     await asyncio.sleep(2.5)  # HAProxy: one good check every second, rise 1
 
 
-async def under_traffic(base: str, action: object) -> tuple[int, int]:
+async def under_traffic(base: str, action: Awaitable[None]) -> tuple[int, int]:
     results: list[int] = []
     stop = asyncio.Event()
     runner = asyncio.create_task(traffic(base, stop, results))
     await asyncio.sleep(1)
-    await action  # type: ignore[misc]
+    await action
     await asyncio.sleep(1)
     stop.set()
     await runner
@@ -147,7 +148,7 @@ async def drills(cluster: Cluster, database_url: str) -> bool:
 
     async def rolling() -> None:
         for n, port in enumerate(ports, start=1):
-            pid = _pid(cluster.directory / f"instance-{n}.pid")
+            pid = read_pid(cluster.directory / f"instance-{n}.pid")
             assert pid is not None
             os.kill(pid, signal.SIGTERM)
             await wait_gone(pid)
@@ -157,7 +158,7 @@ async def drills(cluster: Cluster, database_url: str) -> bool:
     report("rolling restart", bad == 0, f"{sent} GETs, {bad} failed")
 
     async def kill_one() -> None:
-        pid = _pid(cluster.directory / "instance-2.pid")
+        pid = read_pid(cluster.directory / "instance-2.pid")
         assert pid is not None
         os.kill(pid, signal.SIGKILL)
         await wait_gone(pid)
@@ -184,7 +185,7 @@ async def drills(cluster: Cluster, database_url: str) -> bool:
         f"{len(statuses)} writes each claiming another address, {admitted} admitted",
     )
 
-    redis_pid = _pid(cluster.directory / "redis.pid")
+    redis_pid = read_pid(cluster.directory / "redis.pid")
     assert redis_pid is not None
     os.kill(redis_pid, signal.SIGTERM)
     await wait_gone(redis_pid)
@@ -262,7 +263,7 @@ async def partition(cluster: Cluster, database_url: str) -> tuple[bool, str]:
         process = start_partitioned(cluster, inside_url, port)
         try:
             await wait_ready(f"http://{LB_NS}:{port}/readyz")
-            cluster._start_haproxy(extra={"partitioned": f"{LB_NS}:{port}"})
+            cluster.start_haproxy(extra={"partitioned": f"{LB_NS}:{port}"})
             await asyncio.sleep(2.5)
             base = f"http://{cluster.host}:{cluster.port}"
 
@@ -288,7 +289,7 @@ async def partition(cluster: Cluster, database_url: str) -> tuple[bool, str]:
             process.terminate()
             await asyncio.to_thread(process.wait, 20)
             server.close()
-            cluster._start_haproxy()
+            cluster.start_haproxy()
         before, cut, out, back = counts
         passed = bad == 0 and during == 503 and out == cut and back > out
         return passed, (
