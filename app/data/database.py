@@ -229,8 +229,9 @@ class Database:
         """
         assert self.pool is not None
         pool = self.pool
-        if pool.freesize:
-            # asyncmy hands out an idle connection without suspending: no task needed
+        if pool.freesize and not pool.cond.locked():
+            # asyncmy hands out an idle connection without suspending: no task needed. With
+            # its lock held (another checkout opening a connection) it would wait for that.
             idle: asyncmy.Connection = await pool.acquire()
             return idle
 
