@@ -17,6 +17,7 @@ import httpx
 from quart import Quart
 
 from app.data.database import Database
+from app.data.http_cache import open_storage
 from app.data.migrate import load_migrations, migrate
 from app.data.upstream import Upstream, open_client
 from app.settings import Settings
@@ -62,15 +63,23 @@ def register_lifespan(
     @app.while_serving
     async def lifespan() -> AsyncGenerator[None, None]:
         async with contextlib.AsyncExitStack() as stack:
-            client = open_client(settings, upstream_transport)
-            stack.push_async_callback(client.aclose)
+            storage = open_storage(
+                settings.upstream_cache,
+                max_bytes=settings.upstream_cache_max_bytes,
+                max_entry_bytes=settings.upstream_max_body_bytes,
+            )
+            client = open_client(settings, upstream_transport, storage)
             upstream = Upstream(
                 client,
                 base_url=str(settings.upstream_base_url),
                 timeout=settings.upstream_timeout,
                 max_concurrency=settings.upstream_max_concurrency,
                 max_body_bytes=settings.upstream_max_body_bytes,
+                storage=storage,
+                stale_if_error=settings.upstream_stale_if_error,
+                coalesce=settings.upstream_coalesce,
             )
+            stack.push_async_callback(upstream.aclose)  # the client, and the cache's storage
             database = Database(
                 database_url,
                 minsize=settings.db_pool_min,

@@ -76,6 +76,21 @@ class UpstreamProblem(Problem):
 # --- posts ----------------------------------------------------------------------------
 
 
+class PostHeaders(BaseModel):
+    etag: str = Field(alias="ETag", description="strong; send it in If-None-Match for a 304")
+    cache_control: str = Field(
+        alias="Cache-Control",
+        description="max-age: what is left of the upstream's freshness; else no-cache",
+    )
+    age: str | None = Field(default=None, alias="Age", description="seconds, when cached")
+    cache_status: str | None = Field(
+        default=None,
+        alias="Cache-Status",
+        description="RFC 9211: hit, fwd=miss, fwd=stale (revalidated), or served stale"
+        ' with detail="stale-if-error"',
+    )
+
+
 class PostError(BaseModel):
     code: FailureCode
     status: int = Field(description="what GET /api/v1/posts/{id} answers for the same failure")
@@ -86,6 +101,11 @@ class PostFetched(BaseModel):
     id: int
     ok: Literal[True] = True
     post: Post
+    stale: bool = Field(
+        default=False,
+        description="served from the cache past its freshness because the upstream failed"
+        " (UPSTREAM_STALE_IF_ERROR)",
+    )
 
 
 class PostFailed(BaseModel):
@@ -131,6 +151,14 @@ def parse_ids(value: str) -> list[int]:
 
 
 # --- users ----------------------------------------------------------------------------
+
+
+class UserHeaders(BaseModel):
+    etag: str = Field(
+        alias="ETag",
+        description="strong; changes with every write. If-None-Match for a 304,"
+        " If-Match on PATCH or DELETE to change only this version",
+    )
 
 
 class UserPage(TypedDict):

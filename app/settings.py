@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 
 import limits
 from pydantic import (
+    ByteSize,
     Field,
     HttpUrl,
     IPvAnyNetwork,
@@ -53,6 +54,13 @@ class Settings(BaseSettings):
     upstream_timeout: float = Field(default=5.0, gt=0, le=300)
     upstream_max_concurrency: int = Field(default=50, ge=1, le=10_000)
     upstream_max_body_bytes: int = Field(default=1024 * 1024, ge=1024, le=1024**3)
+    # off, memory (per process) or redis://[:password@]host:port/db (shared): app.data.http_cache
+    upstream_cache: str = Field(default="memory", pattern=r"^(off|memory|redis://\S+)$", repr=False)
+    # bytes, or with a unit: 8MiB, 64MB
+    upstream_cache_max_bytes: ByteSize = Field(default=ByteSize(64 * 1024**2), ge=64 * 1024)
+    # seconds past expiry a stored answer may stand in for a failed call; 0: never
+    upstream_stale_if_error: float = Field(default=0.0, ge=0, le=7 * 24 * 3600)
+    upstream_coalesce: bool = True
 
     api_token: SecretStr | None = None
 

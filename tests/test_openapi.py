@@ -66,7 +66,7 @@ def test_every_operation_documents_its_answers(spec: dict[str, Any]) -> None:
         successes = [status for status in responses if int(status) < 400]
         assert successes, f"{method} {path} documents no success"
         for status, response in responses.items():
-            if int(status) == 204:
+            if int(status) in (204, 304):
                 assert "content" not in response
                 continue
             content = response["content"]
@@ -81,20 +81,32 @@ def test_the_documented_failures_are_the_specs(spec: dict[str, Any]) -> None:
     operations = documented_operations(spec)
     statuses = {key: {int(status) for status in op["responses"]} for key, op in operations.items()}
 
-    assert statuses[("get", "/api/v1/posts/{post_id}")] == {200, 404, 502, 504}
+    assert statuses[("get", "/api/v1/posts/{post_id}")] == {200, 304, 404, 502, 504}
     assert statuses[("get", "/api/v1/posts")] == {200, 422}
     assert statuses[("get", "/api/v1/users")] == {200, 422, 503}
-    assert statuses[("get", "/api/v1/users/{user_id}")] == {200, 404, 503}
+    assert statuses[("get", "/api/v1/users/{user_id}")] == {200, 304, 404, 503}
     assert statuses[("post", "/api/v1/users")] == {201, 400, 401, 409, 413, 415, 422, 503}
     assert statuses[("patch", "/api/v1/users/{user_id}")] == {
-        200, 400, 401, 404, 409, 413, 415, 422, 503,
+        200, 400, 401, 404, 409, 412, 413, 415, 422, 503,
     }  # fmt: skip
-    assert statuses[("delete", "/api/v1/users/{user_id}")] == {204, 401, 404, 503}
+    assert statuses[("delete", "/api/v1/users/{user_id}")] == {204, 401, 404, 412, 503}
     assert statuses[("get", "/")] == {200, 502, 504}
     assert statuses[("get", "/db")] == {200, 503}
     assert statuses[("get", "/healthz")] == {200}
     assert statuses[("get", "/readyz")] == {200, 503}
     assert statuses[("get", "/metrics")] == {200}
+
+
+def test_the_single_resource_reads_document_their_validators(spec: dict[str, Any]) -> None:
+    operations = documented_operations(spec)
+    post = operations[("get", "/api/v1/posts/{post_id}")]["responses"]["200"]["headers"]
+    user = operations[("get", "/api/v1/users/{user_id}")]["responses"]["200"]["headers"]
+
+    assert {name: header["required"] for name, header in post.items()} == {
+        "ETag": True, "Cache-Control": True, "Age": False, "Cache-Status": False,
+    }  # fmt: skip
+    assert list(user) == ["ETag"]
+    assert all(header["description"] for header in [*post.values(), *user.values()])
 
 
 def test_writes_declare_the_bearer_scheme_and_reads_do_not(spec: dict[str, Any]) -> None:

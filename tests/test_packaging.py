@@ -78,5 +78,7 @@ def test_the_wheel_alone_migrates_and_serves(tmp_path: Path, database_url: str) 
         service.terminate()
         service.wait(timeout=30)
 
-    assert "migrations: 1 applied (0001_create_users)" in migrated.stdout, migrated.stderr
+    assert "migrations: 2 applied (0001_create_users, 0002_add_user_version)" in migrated.stdout, (
+        migrated.stderr
+    )
     assert ready.status_code == 200

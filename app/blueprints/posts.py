@@ -4,28 +4,73 @@ from __future__ import annotations
 
 import time
 
-from quart import Blueprint
-from quart_schema import tag_blueprint, validate_querystring, validate_response
+from pydantic import TypeAdapter
+from quart import Blueprint, Response
+from quart_schema import (
+    document_response,
+    tag_blueprint,
+    validate_querystring,
+    validate_response,
+)
 
 from app import deps
-from app.data.upstream import Post, UpstreamError
-from app.models import UPSTREAM_STATUS, PostBatch, PostError, PostFailed, PostFetched, PostsQuery
-from app.web.openapi import problems
+from app.data.upstream import Fetched, Post, UpstreamError
+from app.models import (
+    UPSTREAM_STATUS,
+    PostBatch,
+    PostError,
+    PostFailed,
+    PostFetched,
+    PostHeaders,
+    PostsQuery,
+)
+from app.web.conditional import body_tag, conditional
+from app.web.openapi import no_body, problems
+from app.web.serialization import json_response
 
 blueprint = Blueprint("posts", __name__, url_prefix="/api/v1")
 tag_blueprint(blueprint, ["posts"])
 
+post_json = TypeAdapter(Post)
+CACHE_NAME = "quart-async-demo"  # how this service names itself in Cache-Status
+
+
+def cache_headers(response: Response, fetched: Fetched[Post]) -> None:
+    """How long the post may be reused, and where it came from (RFC 9111, RFC 9211)."""
+    if fetched.fresh_for > 0:
+        response.cache_control.max_age = fetched.fresh_for
+    else:
+        response.cache_control.no_cache = True
+    if fetched.cache is None:
+        return
+    response.headers["Age"] = str(fetched.age)
+    response.headers["Cache-Status"] = (
+        CACHE_NAME
+        + {
+            "hit": f"; hit; ttl={fetched.fresh_for}",
+            "revalidated": f"; fwd=stale; fwd-status=304; ttl={fetched.fresh_for}",
+            "miss": "; fwd=miss",
+            "stale": '; hit; fwd=stale; detail="stale-if-error"',
+        }[fetched.cache]
+    )
+
 
 @blueprint.get("/posts/<int:post_id>")
-@validate_response(Post, 200)
+@document_response(Post, 200, PostHeaders)
+@no_body(304)
 @problems(404, 502, 504)
-async def get_post(post_id: int) -> Post:
+async def get_post(post_id: int) -> Response:
     """One post from the upstream.
 
     The upstream's 404 is a 404; its timeout a 504; any other failure (refused, reset,
-    5xx, not JSON, not a post) a 502. The problem's `code` says which.
+    5xx, not JSON, not a post) a 502. The problem's `code` says which. The answer has a
+    strong ETag (send it in If-None-Match for a 304) and may be reused for as long as
+    the upstream's own answer stays fresh (Cache-Control).
     """
-    return await deps.upstream().get_post(post_id)
+    fetched = await deps.upstream().get_post(post_id)
+    response = json_response(post_json, fetched.body)
+    cache_headers(response, fetched)
+    return conditional(response, body_tag(await response.get_data(as_text=False)))
 
 
 @blueprint.get("/posts")
@@ -51,5 +96,5 @@ async def get_posts(query_args: PostsQuery) -> PostBatch:
             error = PostError(code=result.code, status=status, detail=result.detail)
             items.append(PostFailed(id=post_id, error=error))
         else:
-            items.append(PostFetched(id=post_id, post=result))
+            items.append(PostFetched(id=post_id, post=result.body, stale=result.stale))
     return PostBatch(items=items, elapsed_ms=round(elapsed_ms, 3))

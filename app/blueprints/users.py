@@ -10,10 +10,21 @@ from quart import Blueprint, Response, url_for
 from quart_schema import document_response, tag_blueprint, validate_querystring
 
 from app import deps
-from app.data.users import User, delete_user, insert_user, select_user, select_users, update_user
-from app.models import UserCreate, UserPage, UserPatch, UsersQuery
+from app.data.users import (
+    User,
+    UserRow,
+    delete_user,
+    etag_of,
+    insert_user,
+    select_user,
+    select_users,
+    update_user,
+    versions_in,
+)
+from app.models import UserCreate, UserHeaders, UserPage, UserPatch, UsersQuery
+from app.web.conditional import conditional, precondition
 from app.web.errors import ApiError
-from app.web.openapi import no_content, problems
+from app.web.openapi import no_body, no_content, problems
 from app.web.serialization import json_response
 from app.web.writes import json_write, token_required
 
@@ -29,11 +40,25 @@ def _not_found(user_id: int) -> ApiError:
 
 
 def _user(
-    row: User | None, user_id: int, status: int = 200, headers: dict[str, str] | None = None
+    row: UserRow | None, user_id: int, status: int = 200, headers: dict[str, str] | None = None
 ) -> Response:
     if row is None:
         raise _not_found(user_id)
-    return json_response(user_json, row, status, headers)
+    response = json_response(user_json, row, status, headers)
+    response.set_etag(etag_of(row))
+    return response
+
+
+def _changed_since(row: UserRow | None, user_id: int) -> ApiError:
+    """Why a write with If-Match changed nothing: no such user, or not that version."""
+    if row is None:
+        return _not_found(user_id)
+    return ApiError(
+        412,
+        f"User {user_id} has changed since the version your If-Match names;"
+        " nothing was changed. GET it again for the current ETag.",
+        headers={"ETag": f'"{etag_of(row)}"'},
+    )
 
 
 @blueprint.get("/users")
@@ -55,13 +80,17 @@ async def list_users(query_args: UsersQuery) -> Response:
 
 
 @blueprint.get("/users/<int:user_id>")
-@document_response(User, 200)
+@document_response(User, 200, UserHeaders)
+@no_body(304)
 @problems(404, 503)
 async def get_user(user_id: int) -> Response:
-    """One user."""
+    """One user, with a strong ETag: send it in If-None-Match for a 304, in If-Match to
+    write only that version."""
     async with deps.database().connection() as connection:
         row = await select_user(connection, user_id=user_id)
-    return _user(row, user_id)
+    if row is None:
+        raise _not_found(user_id)
+    return conditional(json_response(user_json, row), etag_of(row))
 
 
 @blueprint.post("/users")
@@ -80,23 +109,35 @@ async def create_user(data: UserCreate) -> Response:
 @blueprint.patch("/users/<int:user_id>")
 @json_write(UserPatch)
 @document_response(User, 200)
-@problems(404, 409, 503)
+@problems(404, 409, 412, 503)
 async def patch_user(user_id: int, data: UserPatch) -> Response:
-    """Change a user's name, email, or both."""
+    """Change a user's name, email, or both.
+
+    With If-Match, only while the user is still the version that tag names: otherwise
+    412 and nothing changes.
+    """
+    tags = precondition()
+    versions = None if tags is None else versions_in(tags, user_id)
     async with deps.database().connection() as connection:
-        await update_user(connection, user_id=user_id, name=data.name, email=data.email)
+        changed = await update_user(
+            connection, user_id=user_id, name=data.name, email=data.email, versions=versions
+        )
         row = await select_user(connection, user_id=user_id)
+    if not changed:
+        raise _changed_since(row, user_id)
     return _user(row, user_id)
 
 
 @blueprint.delete("/users/<int:user_id>")
 @token_required
 @no_content
-@problems(404, 503)
+@problems(404, 412, 503)
 async def remove_user(user_id: int) -> tuple[str, int]:
-    """Delete a user."""
+    """Delete a user; with If-Match, only while it is still the version that tag names."""
+    tags = precondition()
+    versions = None if tags is None else versions_in(tags, user_id)
     async with deps.database().connection() as connection:
-        deleted = await delete_user(connection, user_id=user_id)
-    if not deleted:
-        raise _not_found(user_id)
+        deleted = await delete_user(connection, user_id=user_id, versions=versions)
+        if not deleted:
+            raise _changed_since(await select_user(connection, user_id=user_id), user_id)
     return "", 204

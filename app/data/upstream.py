@@ -17,17 +17,27 @@ import functools
 import http.cookiejar
 import random
 import time
-from collections.abc import Awaitable
-from typing import Any, Literal, TypeVar
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass, replace
+from typing import Any, Generic, Literal, TypeVar
 
 import aiohttp
 import httpx
+from hishel import AsyncBaseStorage, CacheOptions
+from hishel.httpx import AsyncCacheTransport
 from httpx_aiohttp import AiohttpTransport
 from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic_core import from_json
 
+from app.data.http_cache import DatedAnswers, freshness, stale_entry
 from app.settings import Settings
-from app.telemetry.metrics import UPSTREAM_CALLS, UPSTREAM_RETRIES, UPSTREAM_SECONDS
+from app.telemetry.metrics import (
+    UPSTREAM_CACHE,
+    UPSTREAM_CALLS,
+    UPSTREAM_COALESCED,
+    UPSTREAM_RETRIES,
+    UPSTREAM_SECONDS,
+)
 
 T = TypeVar("T")
 
@@ -44,17 +54,23 @@ class Post(BaseModel):
 
 
 FailureCode = Literal["not_found", "timeout", "unreachable", "upstream_error", "bad_response"]
+CacheResult = Literal["hit", "miss", "revalidated", "stale"]
+# status, body (of a 2xx), headers, and hishel's account of what the cache did (or None)
+Answer = tuple[int, bytes, httpx.Headers, Any]
 
 RETRIES = 2
 RETRY_PAUSE = 0.05  # seconds, times the attempt number, with jitter
 
 
 class UpstreamError(Exception):
-    def __init__(self, url: str, code: FailureCode, detail: str) -> None:
+    def __init__(
+        self, url: str, code: FailureCode, detail: str, *, status: int | None = None
+    ) -> None:
         super().__init__(f"{url}: {detail}")
         self.url = url
         self.code = code
         self.detail = detail
+        self.status = status  # the upstream's, when it answered
 
 
 class NoCookies(http.cookiejar.CookiePolicy):
@@ -82,9 +98,14 @@ class NoCookies(http.cookiejar.CookiePolicy):
 
 
 def open_client(
-    settings: Settings, transport: httpx.AsyncBaseTransport | None = None
+    settings: Settings,
+    transport: httpx.AsyncBaseTransport | None = None,
+    storage: AsyncBaseStorage | None = None,
 ) -> httpx.AsyncClient:
-    """The process's one HTTP client. Tests pass httpx's own transport so respx can mock it."""
+    """The process's one HTTP client, caching in `storage` when there is one.
+
+    Tests pass httpx's own transport so respx can mock it.
+    """
     limits = httpx.Limits(
         max_connections=settings.upstream_max_concurrency,
         max_keepalive_connections=settings.upstream_max_concurrency,
@@ -101,6 +122,10 @@ def open_client(
             )
 
         transport = AiohttpTransport(limits=limits, client=session)
+    if storage is not None:
+        # a shared cache: what is `private` to one user is never stored for all
+        cached = DatedAnswers(transport)
+        transport = AsyncCacheTransport(cached, storage, rfc=CacheOptions(shared=True))
     return httpx.AsyncClient(
         transport=transport,
         limits=limits,
@@ -133,8 +158,12 @@ async def _read_capped(response: httpx.Response, limit: int) -> bytes:
     declared = response.headers.get("Content-Length", "")
     if declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge
+    return await _read_chunks(response.aiter_raw(), limit)
+
+
+async def _read_chunks(chunks: AsyncIterator[bytes], limit: int) -> bytes:
     body = bytearray()
-    async for chunk in response.aiter_raw():
+    async for chunk in chunks:
         body += chunk
         if len(body) > limit:
             raise BodyTooLarge
@@ -173,6 +202,17 @@ def _classify(error: httpx.TransportError) -> tuple[FailureCode, str]:
     return "unreachable", "the upstream closed the connection without a complete answer"
 
 
+@dataclass(frozen=True, slots=True)
+class Fetched(Generic[T]):
+    """An upstream answer's parsed body and what the HTTP cache knew of it."""
+
+    body: T
+    fresh_for: int = 0  # seconds it may still be reused without asking the upstream
+    age: int = 0  # seconds since the upstream made it
+    stale: bool = False  # served past its freshness because the upstream failed
+    cache: CacheResult | None = None  # None when UPSTREAM_CACHE is off
+
+
 class Upstream:
     def __init__(
         self,
@@ -182,44 +222,106 @@ class Upstream:
         timeout: float,
         max_concurrency: int,
         max_body_bytes: int,
+        storage: AsyncBaseStorage | None = None,
+        stale_if_error: float = 0,
+        coalesce: bool = True,
     ) -> None:
         self.client = client
         self.max_body_bytes = max_body_bytes
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.max_concurrency = max_concurrency
+        self.storage = storage
+        self.stale_if_error = stale_if_error
+        self.coalesce = coalesce
         self._slots = asyncio.Semaphore(max_concurrency)
+        self._in_flight: dict[str, asyncio.Future[Fetched[Any]]] = {}
 
-    async def get_json(self, url: str) -> Any:
-        """The parsed JSON body of a 2xx answer from `url`, else raise UpstreamError."""
+    async def get_json(self, url: str) -> Fetched[Any]:
+        """The parsed JSON body of a 2xx answer from `url`, else raise UpstreamError.
+
+        With UPSTREAM_COALESCE, a GET for a URL already being fetched waits for that
+        call instead of making its own.
+        """
+        if not self.coalesce:
+            return await self._fetch(url)
+        call = self._in_flight.get(url)
+        if call is None:
+            call = asyncio.ensure_future(self._fetch(url))
+            self._in_flight[url] = call
+            call.add_done_callback(functools.partial(self._landed, url))
+        else:
+            UPSTREAM_COALESCED.inc()
+        # shielded: a caller that gives up does not cancel the call the others wait on
+        return await asyncio.shield(call)
+
+    def _landed(self, url: str, call: asyncio.Future[Fetched[Any]]) -> None:
+        if self._in_flight.get(url) is call:
+            del self._in_flight[url]
+        if not call.cancelled():
+            call.exception()  # seen, even when every caller had given up
+
+    async def aclose(self) -> None:
+        for call in list(self._in_flight.values()):
+            call.cancel()
+        await self.client.aclose()
+
+    async def _fetch(self, url: str) -> Fetched[Any]:
         started = time.perf_counter()
-        outcome = "ok"
         try:
-            return await self._get_json(url)
+            fetched = await self._call(url)
         except UpstreamError as error:
-            outcome = error.code
-            raise
-        finally:
-            calls, seconds = _outcome_metrics(outcome)
-            calls.inc()
-            seconds.observe(time.perf_counter() - started)
+            _count_call(error.code, started)
+            stale = await self._stale(url) if self._may_serve_stale(error) else None
+            if stale is None:
+                raise
+            UPSTREAM_CACHE.labels("stale").inc()
+            return stale
+        if fetched.cache != "hit":  # a hit made no call
+            _count_call("ok", started)
+        if fetched.cache is not None:
+            UPSTREAM_CACHE.labels(fetched.cache).inc()
+        return fetched
 
-    async def _get_json(self, url: str) -> Any:
+    async def _call(self, url: str) -> Fetched[Any]:
         try:
             async with asyncio.timeout(self.timeout):
-                status, body = await self._get_with_retries(url)
+                status, body, headers, caching = await self._get_with_retries(url)
         except TimeoutError:
             raise UpstreamError(url, "timeout", f"no answer within {self.timeout:g} s") from None
         if status == 404:
             raise UpstreamError(url, "not_found", "the upstream has no such resource (404)")
         if not 200 <= status < 300:
-            raise UpstreamError(url, "upstream_error", f"the upstream answered {status}")
+            raise UpstreamError(
+                url, "upstream_error", f"the upstream answered {status}", status=status
+            )
         try:
-            return from_json(body)
+            value = from_json(body)
         except ValueError:
             raise UpstreamError(url, "bad_response", "the upstream's answer is not JSON") from None
+        seen = freshness(headers, now=time.time())
+        return Fetched(value, fresh_for=seen.fresh_for, age=seen.age, cache=_cache_result(caching))
 
-    async def _get_with_retries(self, url: str) -> tuple[int, bytes]:
+    def _may_serve_stale(self, error: UpstreamError) -> bool:
+        # RFC 5861's errors: unreachable, timed out, 5xx. Never a 404 or a bad answer.
+        failed = error.code in ("timeout", "unreachable") or (
+            error.code == "upstream_error" and (error.status or 0) >= 500
+        )
+        return failed and self.storage is not None and self.stale_if_error > 0
+
+    async def _stale(self, url: str) -> Fetched[Any] | None:
+        assert self.storage is not None
+        entry = await stale_entry(self.storage, url, within=self.stale_if_error)
+        if entry is None or not isinstance(entry.response.stream, AsyncIterator):
+            return None
+        try:
+            value = from_json(await _read_chunks(entry.response.stream, self.max_body_bytes))
+        except (ValueError, BodyTooLarge):
+            return None
+        seen = freshness(entry.response.headers, now=time.time())
+        return Fetched(value, age=seen.age, stale=True, cache="stale")
+
+    async def _get_with_retries(self, url: str) -> Answer:
         # GET is idempotent: a connection refused, reset or closed before any answer is
         # tried again, a bounded number of times, after a jittered pause so that many
         # callers do not come back at once. All of it within the caller's timeout.
@@ -237,40 +339,63 @@ class Upstream:
             await asyncio.sleep(RETRY_PAUSE * (attempt + 1) * random.uniform(0.5, 1.5))  # noqa: S311
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _get_once(self, url: str) -> tuple[int, bytes]:
-        """The status and, for a 2xx, the body, never holding more than max_body_bytes."""
-        async with self.client.stream("GET", url) as response:
+    async def _get_once(self, url: str) -> Answer:
+        """The answer, with the body of a 2xx, never holding more than max_body_bytes."""
+        # the cache key is the URL, so that _stale finds what the cache stored
+        async with self.client.stream("GET", url, extensions=_cache_key(url)) as response:
+            caching = response.extensions.get("caching")
             try:
                 # read even when it is not a success: a connection left mid-body is closed
-                return response.status_code, await _read_capped(response, self.max_body_bytes)
+                body = await _read_capped(response, self.max_body_bytes)
+                return response.status_code, body, response.headers, caching
             except BodyTooLarge:
                 detail = f"the upstream's answer is larger than {self.max_body_bytes} bytes"
             except UnaskedEncoding as error:
                 detail = f"the upstream's answer is encoded ({error}), which was not asked for"
             if not response.is_success:
-                return response.status_code, b""
+                return response.status_code, b"", response.headers, caching
         raise UpstreamError(url, "bad_response", detail)
 
     async def get_all(self, urls: list[str]) -> list[Any | UpstreamError]:
         """Fetch every URL at once; each slot holds the body or the UpstreamError, in order."""
-        return await asyncio.gather(*(_settled(self.get_json(url)) for url in urls))
+        results = await asyncio.gather(*(_settled(self.get_json(url)) for url in urls))
+        return [r if isinstance(r, UpstreamError) else r.body for r in results]
 
     def post_url(self, post_id: int) -> str:
         # Built only from configuration and an integer: no client picks the address.
         return f"{self.base_url}/posts/{int(post_id)}"
 
-    async def get_post(self, post_id: int) -> Post:
+    async def get_post(self, post_id: int) -> Fetched[Post]:
         url = self.post_url(post_id)
-        body = await self.get_json(url)
+        fetched = await self.get_json(url)
         try:
-            return Post.model_validate(body)
+            post = Post.model_validate(fetched.body)
         except ValidationError:
             raise UpstreamError(
                 url, "bad_response", "the upstream's answer is not a post"
             ) from None
+        return replace(fetched, body=post)
 
-    async def get_posts(self, post_ids: list[int]) -> dict[int, Post | UpstreamError]:
+    async def get_posts(self, post_ids: list[int]) -> dict[int, Fetched[Post] | UpstreamError]:
         """Each distinct id fetched once, all at once, within the concurrency bound."""
         unique = list(dict.fromkeys(post_ids))
         results = await asyncio.gather(*(_settled(self.get_post(post_id)) for post_id in unique))
         return dict(zip(unique, results, strict=True))
+
+
+def _cache_key(url: str) -> dict[str, Any]:
+    return {"caching": {"key": url}}
+
+
+def _cache_result(caching: Any) -> CacheResult | None:
+    if caching is None:  # UPSTREAM_CACHE=off: no cache under the client
+        return None
+    if caching["from_cache"]:
+        return "revalidated" if caching["revalidated"] else "hit"
+    return "miss"
+
+
+def _count_call(outcome: str, started: float) -> None:
+    calls, seconds = _outcome_metrics(outcome)
+    calls.inc()
+    seconds.observe(time.perf_counter() - started)

@@ -30,6 +30,27 @@ class User(TypedDict):
     updated_at: Annotated[str, Field(description="RFC 3339, UTC", json_schema_extra=RFC3339)]
 
 
+class UserRow(User):
+    """A user with its version, which the API shows only inside the user's ETag."""
+
+    version: int
+
+
+def etag_of(row: UserRow) -> str:
+    """The user's strong entity tag (unquoted): it changes with every write."""
+    return f"{row['id']}.{row['version']}"
+
+
+def versions_in(tags: set[str], user_id: int) -> list[int]:
+    """The versions of `user_id` that the strong `tags` of an If-Match name."""
+    versions = []
+    for tag in tags:
+        tagged_id, _, version = tag.partition(".")
+        if tagged_id == str(user_id) and version.isdigit():
+            versions.append(int(version))
+    return versions
+
+
 # Times leave the database as RFC 3339 UTC text (every connection runs in UTC), so no
 # Python code touches them per row. '%%' because the statements take parameters.
 USER_COLUMNS = (
@@ -57,13 +78,13 @@ async def select_users(connection: asyncmy.Connection, *, after: int = 0, limit:
         return list(await cursor.fetchall())
 
 
-async def select_user(connection: asyncmy.Connection, *, user_id: int) -> User | None:
+async def select_user(connection: asyncmy.Connection, *, user_id: int) -> UserRow | None:
     async with connection.cursor(DictCursor) as cursor:
         await cursor.execute(
-            f"SELECT {USER_COLUMNS} FROM users WHERE id = %(id)s",  # noqa: S608
+            f"SELECT {USER_COLUMNS}, version FROM users WHERE id = %(id)s",  # noqa: S608
             {"id": user_id},
         )
-        row: User | None = await cursor.fetchone()
+        row: UserRow | None = await cursor.fetchone()
         return row
 
 
@@ -79,24 +100,56 @@ async def insert_user(connection: asyncmy.Connection, *, name: str, email: str) 
         return user_id
 
 
+# A write with If-Match names the versions it may change; the check is part of the
+# statement, so no other write can come between the check and this one. Keyed by
+# whether there are versions to check.
+UPDATE_USER = {
+    False: "UPDATE users"
+    " SET name = COALESCE(%(name)s, name), email = COALESCE(%(email)s, email),"
+    " version = version + 1 WHERE id = %(id)s",
+    True: "UPDATE users"
+    " SET name = COALESCE(%(name)s, name), email = COALESCE(%(email)s, email),"
+    " version = version + 1 WHERE id = %(id)s AND version IN %(versions)s",
+}
+DELETE_USER = {
+    False: "DELETE FROM users WHERE id = %(id)s",
+    True: "DELETE FROM users WHERE id = %(id)s AND version IN %(versions)s",
+}
+
+
 async def update_user(
-    connection: asyncmy.Connection, *, user_id: int, name: str | None, email: str | None
-) -> None:
-    """Set the fields given (None keeps the stored value); EmailTaken as for insert_user."""
+    connection: asyncmy.Connection,
+    *,
+    user_id: int,
+    name: str | None,
+    email: str | None,
+    versions: list[int] | None = None,
+) -> bool:
+    """Set the fields given (None keeps the stored value), if the user's version is one
+    of `versions` (None: whatever it is). True when the user was changed; EmailTaken as
+    for insert_user."""
+    if versions == []:
+        return False
     async with connection.cursor() as cursor:
         with _unique_email(email):
             await cursor.execute(
-                "UPDATE users"
-                " SET name = COALESCE(%(name)s, name), email = COALESCE(%(email)s, email)"
-                " WHERE id = %(id)s",
-                {"id": user_id, "name": name, "email": email},
+                UPDATE_USER[versions is not None],
+                {"id": user_id, "name": name, "email": email, "versions": versions},
             )
+        changed: bool = cursor.rowcount == 1
+        return changed
 
 
-async def delete_user(connection: asyncmy.Connection, *, user_id: int) -> bool:
-    """True when there was such a user."""
+async def delete_user(
+    connection: asyncmy.Connection, *, user_id: int, versions: list[int] | None = None
+) -> bool:
+    """True when the user was deleted: it existed, at one of `versions` if given."""
+    if versions == []:
+        return False
     async with connection.cursor() as cursor:
-        await cursor.execute("DELETE FROM users WHERE id = %(id)s", {"id": user_id})
+        await cursor.execute(
+            DELETE_USER[versions is not None], {"id": user_id, "versions": versions}
+        )
         deleted: bool = cursor.rowcount == 1
         return deleted
 

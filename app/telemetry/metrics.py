@@ -33,6 +33,14 @@ UPSTREAM_SECONDS = Histogram(
     ["outcome"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+UPSTREAM_CACHE = Counter(
+    "upstream_cache_total",
+    "Upstream GETs by what the HTTP cache did: hit, miss, revalidated (a 304), stale.",
+    ["result"],
+)
+UPSTREAM_COALESCED = Counter(
+    "upstream_coalesced_total", "Upstream GETs that joined an identical call in flight."
+)
 UPSTREAM_RETRIES = Counter(
     "upstream_retries_total", "Upstream calls tried again after a connection error."
 )

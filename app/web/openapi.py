@@ -1,4 +1,4 @@
-"""The OpenAPI document: error answers as problem+json, 204s, and helpers to declare them.
+"""The OpenAPI document: error answers as problem+json, 204s and 304s, and helpers to declare them.
 
 quart-schema documents every response as `application/json`; our errors are
 `application/problem+json` (RFC 9457), so the provider moves them there.
@@ -22,7 +22,7 @@ from app.web.errors import PROBLEM_JSON
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-NO_CONTENT_ATTRIBUTE = "_app_documents_no_content"
+NO_BODY_ATTRIBUTE = "_app_documents_no_body"
 TEXT_ATTRIBUTE = "_app_documents_text"
 
 
@@ -38,10 +38,17 @@ def problems(*statuses: int) -> Callable[[F], F]:
     return decorator
 
 
-def no_content(func: F) -> F:
-    """Document a 204 answer (it has no body, so no model to give document_response)."""
-    setattr(func, NO_CONTENT_ATTRIBUTE, True)
-    return func
+def no_body(*statuses: int) -> Callable[[F], F]:
+    """Document answers without a body (204, 304): no model to give document_response."""
+
+    def decorator(func: F) -> F:
+        setattr(func, NO_BODY_ATTRIBUTE, (*getattr(func, NO_BODY_ATTRIBUTE, ()), *statuses))
+        return func
+
+    return decorator
+
+
+no_content = no_body(204)
 
 
 def text_response(media_type: str, description: str) -> Callable[[F], F]:
@@ -79,6 +86,9 @@ class ProblemAwareOpenAPIProvider(OpenAPIProvider):
         # Inline, the same schema under several statuses or operations becomes a new class
         # each time in a generated client (three User classes, eight Problem classes).
         response, definitions = super().build_response_object(model, headers_model)
+        if headers := response["content"].pop("headers", None):
+            # quart-schema puts them inside `content`, where OpenAPI does not look
+            response["headers"] = _header_objects(headers, headers_model)
         if _named(model):
             _to_component(response["content"]["application/json"], model, definitions)
         else:
@@ -113,8 +123,8 @@ class ProblemAwareOpenAPIProvider(OpenAPIProvider):
                     # quart-schema leaves this out; our JSON bodies are never optional
                     operation["requestBody"]["required"] = True
                 responses = operation["responses"]
-                if getattr(func, NO_CONTENT_ATTRIBUTE, False):
-                    responses[204] = {}
+                for status in getattr(func, NO_BODY_ATTRIBUTE, ()):
+                    responses[status] = {}
                 if text := getattr(func, TEXT_ATTRIBUTE, None):
                     media_type, description = text
                     responses[200] = {
@@ -128,6 +138,19 @@ class ProblemAwareOpenAPIProvider(OpenAPIProvider):
                     if not response.get("description"):
                         response["description"] = HTTPStatus(int(status)).phrase
         return paths, components
+
+
+def _header_objects(headers: dict[str, Any], model: Any) -> dict[str, Any]:
+    required = set(model.model_json_schema().get("required", []))
+    objects = {}
+    for name, spec in headers.items():
+        schema = dict(spec["schema"])
+        schema.pop("title", None)
+        description = schema.pop("description", "")
+        if name not in required:
+            schema = {"type": "string"}  # optional: absent, not null
+        objects[name] = {"description": description, "required": name in required, "schema": schema}
+    return objects
 
 
 def _named(model: object) -> bool:

@@ -12,8 +12,13 @@ Paths, chosen by the tests through UPSTREAM_URLS / UPSTREAM_BASE_URL:
   /hostile/posts/{id}    1: a Post of 200 MB streamed without a length; 2: the same with
                          its Content-Length; 3: a body that never ends; 4: a Post of 20 MB;
                          any other id: a Post that sets a cookie
-  /_stats                {"calls", "in_flight", "max_in_flight", "with_cookie"} since /_reset
-  /_reset                zero the counters
+  /cached/{max_age}/posts/{id}
+                         a Post with Cache-Control: max-age={max_age} and a strong ETag;
+                         If-None-Match with that tag answers 304
+  /_stats                {"calls", "in_flight", "max_in_flight", "with_cookie", "conditional",
+                         "not_modified"} since /_reset
+  /_reset                zero the counters and end a failure
+  /_fail/{status}        from now on every call answers that status (/_reset ends it)
 """
 
 from __future__ import annotations
@@ -35,6 +40,9 @@ class Counters:
         self.in_flight = 0
         self.max_in_flight = 0
         self.with_cookie = 0
+        self.conditional = 0  # calls with If-None-Match or If-Modified-Since
+        self.not_modified = 0
+        self.fail_status = 0  # /_fail: every call answers this status
 
 
 def post(post_id: int) -> dict[str, object]:
@@ -89,11 +97,15 @@ def build_app(delay: float = 0.0) -> web.Application:
         counters.calls += 1
         if "Cookie" in request.headers:
             counters.with_cookie += 1
+        if "If-None-Match" in request.headers or "If-Modified-Since" in request.headers:
+            counters.conditional += 1
         counters.in_flight += 1
         counters.max_in_flight = max(counters.max_in_flight, counters.in_flight)
         try:
             if delay:
                 await asyncio.sleep(delay)
+            if counters.fail_status:
+                return web.Response(status=counters.fail_status)
             return await handler(request)
         finally:
             counters.in_flight -= 1
@@ -135,6 +147,19 @@ def build_app(delay: float = 0.0) -> web.Application:
         response.set_cookie("session", f"for-call-{counters.calls}")
         return response
 
+    async def cached(request: web.Request) -> web.StreamResponse:
+        post_id = int(request.match_info["id"])
+        if not 1 <= post_id <= 100:
+            return web.json_response({}, status=404)
+        headers = {
+            "Cache-Control": f"max-age={int(request.match_info['max_age'])}",
+            "ETag": f'"post-{post_id}"',
+        }
+        if request.headers.get("If-None-Match") == headers["ETag"]:
+            counters.not_modified += 1
+            return web.Response(status=304, headers=headers)
+        return web.json_response(post(post_id), headers=headers)
+
     async def stats(request: web.Request) -> web.StreamResponse:
         return web.json_response(
             {
@@ -142,11 +167,18 @@ def build_app(delay: float = 0.0) -> web.Application:
                 "in_flight": counters.in_flight,
                 "max_in_flight": counters.max_in_flight,
                 "with_cookie": counters.with_cookie,
+                "conditional": counters.conditional,
+                "not_modified": counters.not_modified,
             }
         )
 
     async def reset_counters(request: web.Request) -> web.StreamResponse:
         counters.calls = counters.max_in_flight = counters.with_cookie = 0
+        counters.conditional = counters.not_modified = counters.fail_status = 0
+        return web.json_response({})
+
+    async def fail(request: web.Request) -> web.StreamResponse:
+        counters.fail_status = int(request.match_info["status"])
         return web.json_response({})
 
     app = web.Application(middlewares=[count])
@@ -157,7 +189,9 @@ def build_app(delay: float = 0.0) -> web.Application:
     app.router.add_get("/close", close)
     app.router.add_get("/reset", reset)
     app.router.add_get("/hostile/posts/{id:\\d+}", hostile)
+    app.router.add_get("/cached/{max_age:\\d+}/posts/{id:\\d+}", cached)
     app.router.add_get("/_stats", stats)
+    app.router.add_get("/_fail/{status:\\d{3}}", fail)
     app.router.add_get("/_reset", reset_counters)
     return app
 

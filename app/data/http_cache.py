@@ -1,0 +1,286 @@
+"""Where the upstream client's HTTP cache keeps answers (UPSTREAM_CACHE), and the three
+things we add under hishel so that it keeps RFC 9111 as a shared cache must.
+
+hishel runs the caching rules under the shared httpx client (app.data.upstream). It has
+no storage in memory, so `MemoryStorage` is ours: bounded in bytes, least recently used
+out first. `redis://` uses hishel's own Redis storage, shared by workers and instances.
+
+hishel reckons an answer's age from its `Date` alone and lends freshness to an answer
+that has only `Last-Modified` (RFC 9111's optional heuristic). `DatedAnswers` sits under
+it and fixes what it reads: an answer without `Date` gets the time it arrived (RFC 9110
+§6.6.1: otherwise it would stay fresh for ever), an `Age` the upstream reports moves
+`Date` back by that much (a CDN's copy is older than its `Date` says), and an answer with
+no explicit freshness gets `max-age=0`, so it is stored and revalidated, never reused
+unchecked. tests/test_upstream_cache.py holds a test for each.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+
+import httpx
+import msgpack
+from hishel import AsyncBaseStorage, AsyncRedisStorage, Entry, Headers, Request, Response
+from redis.asyncio import Redis
+
+# What a stored entry costs beyond its packed headers and body: the dictionaries' slots,
+# the id, the key and the objects' own headers (measured with tracemalloc, rounded up).
+ENTRY_OVERHEAD = 640
+
+# Redis keys of entries no longer fresh go after this long, unless revalidated sooner
+# (which keeps them): a day, so that answers fresh for hours can still be revalidated.
+REDIS_ENTRY_TTL = 24 * 3600
+REDIS_TIMEOUT = 1.0  # seconds; a Redis that does not answer is a miss, not a stall
+
+
+def open_storage(cache: str, *, max_bytes: int, max_entry_bytes: int) -> AsyncBaseStorage | None:
+    """The storage UPSTREAM_CACHE names; None when it is `off`."""
+    if cache == "off":
+        return None
+    if cache == "memory":
+        return MemoryStorage(max_bytes=max_bytes, max_entry_bytes=max_entry_bytes)
+    client = Redis.from_url(
+        cache, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT
+    )
+    return AsyncRedisStorage(
+        client,
+        default_ttl=REDIS_ENTRY_TTL,
+        max_stream_size=max_entry_bytes,
+        key_prefix="upstream-cache",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Stored:
+    key: str
+    head: bytes  # the request and response without the body, packed
+    body: bytes
+
+    @property
+    def size(self) -> int:
+        return len(self.key) + len(self.head) + len(self.body) + ENTRY_OVERHEAD
+
+
+def _pack(request: Request, status: int, headers: Headers) -> bytes:
+    def lists(h: Headers) -> dict[str, list[str]]:
+        return {name: h.get_list(name) or [] for name in h}
+
+    packed: bytes = msgpack.packb(
+        (request.method, request.url, lists(request.headers), status, lists(headers))
+    )
+    return packed
+
+
+def _unpack(head: bytes) -> tuple[Request, int, Headers]:
+    method, url, request_headers, status, headers = msgpack.unpackb(head)
+    return Request(method, url, Headers(request_headers)), status, Headers(headers)
+
+
+async def _once(body: bytes) -> AsyncIterator[bytes]:
+    yield body
+
+
+class MemoryStorage(AsyncBaseStorage):
+    """Answers kept in this process, `max_bytes` in all, least recently used out first.
+
+    Entries are kept packed, so that what they cost is what is counted: a few hundred
+    bytes beyond the body, not the thousands a tree of Python objects takes.
+    """
+
+    def __init__(self, *, max_bytes: int, max_entry_bytes: int) -> None:
+        super().__init__(max_stream_size=max_entry_bytes)
+        self.max_bytes = max_bytes
+        self.size = 0
+        self._entries: OrderedDict[uuid.UUID, _Stored] = OrderedDict()  # oldest use first
+        self._by_key: dict[str, list[uuid.UUID]] = {}
+
+    @property
+    def count(self) -> int:
+        # not __len__: hishel takes a storage that is falsy for none and makes its own
+        return len(self._entries)
+
+    async def create_entry(
+        self,
+        request: Request,
+        response: Response,
+        key: str,
+        *,
+        ttl: float | None = None,
+        tti: float | None = None,
+    ) -> Entry:
+        # ttl and tti are not used: the byte bound decides what stays
+        entry_id = uuid.uuid4()
+        body = response.stream if isinstance(response.stream, AsyncIterator) else _once(b"")
+        head = _pack(request, response.status_code, response.headers)
+        saving = self._save(entry_id, key, head, body)
+        return Entry(entry_id, request, replace(response, stream=saving))
+
+    async def _save(
+        self, entry_id: uuid.UUID, key: str, head: bytes, stream: AsyncIterator[bytes]
+    ) -> AsyncIterator[bytes]:
+        # Stored only once the reader has had the whole body: one that stops early (the
+        # body was too large, the call was cancelled) leaves nothing behind.
+        body = bytearray()
+        keeping = True
+        async for chunk in stream:
+            if keeping:
+                body += chunk
+                if self.max_stream_size is not None and len(body) > self.max_stream_size:
+                    keeping, body = False, bytearray()
+            yield chunk
+        if keeping:
+            self._put(entry_id, _Stored(key, head, bytes(body)))
+
+    def _put(self, entry_id: uuid.UUID, stored: _Stored) -> None:
+        if stored.size > self.max_bytes:
+            return
+        self._entries[entry_id] = stored
+        self._by_key.setdefault(stored.key, []).append(entry_id)
+        self.size += stored.size
+        while self.size > self.max_bytes:
+            oldest = next(iter(self._entries))
+            self._drop(oldest)
+
+    def _drop(self, entry_id: uuid.UUID) -> None:
+        stored = self._entries.pop(entry_id, None)
+        if stored is None:
+            return
+        self.size -= stored.size
+        ids = self._by_key[stored.key]
+        ids.remove(entry_id)
+        if not ids:
+            del self._by_key[stored.key]
+
+    async def get_entries(self, key: str) -> list[Entry]:
+        entries = []
+        for entry_id in self._by_key.get(key, ()):
+            stored = self._entries[entry_id]
+            self._entries.move_to_end(entry_id)
+            request, status, headers = _unpack(stored.head)
+            response = Response(status, headers, stream=_once(stored.body))
+            entries.append(Entry(entry_id, request, response))
+        return entries
+
+    async def update_headers(self, id: uuid.UUID, headers: Headers) -> None:
+        stored = self._entries.get(id)
+        if stored is None:
+            return
+        request, status, _ = _unpack(stored.head)
+        updated = replace(stored, head=_pack(request, status, headers))
+        self.size += updated.size - stored.size
+        self._entries[id] = updated
+
+    async def remove_entry(self, id: uuid.UUID) -> None:
+        self._drop(id)
+
+
+class DatedAnswers(httpx.AsyncBaseTransport):
+    """Under hishel: what each upstream answer says about its age, made explicit."""
+
+    def __init__(self, transport: httpx.AsyncBaseTransport) -> None:
+        self.transport = transport
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self.transport.handle_async_request(request)
+        date_answer(response.headers, received=time.time(), refresh=response.status_code == 304)
+        return response
+
+    async def aclose(self) -> None:
+        await self.transport.aclose()
+
+
+def date_answer(headers: httpx.Headers, *, received: float, refresh: bool) -> None:
+    """Give the answer a `Date` that tells its age; `max-age=0` if it has no freshness.
+
+    A 304 (`refresh`) only updates a stored answer's headers: what it leaves out is
+    kept from the stored one, so it gets no `max-age=0`.
+    """
+    dated = _date(headers)
+    if dated is None:
+        dated = received
+    age = headers.get("Age", "")
+    if age.isdigit():
+        dated = min(dated, received - int(age))
+    headers["Date"] = email.utils.formatdate(dated, usegmt=True)
+    if not refresh and not _explicitly_fresh(headers):
+        control = headers.get("Cache-Control", "")
+        headers["Cache-Control"] = f"{control}, max-age=0" if control else "max-age=0"
+
+
+def _date(headers: httpx.Headers | Headers, name: str = "Date") -> float | None:
+    try:
+        return email.utils.parsedate_to_datetime(headers[name]).timestamp()
+    except (KeyError, TypeError, ValueError, OverflowError):
+        return None
+
+
+def _explicitly_fresh(headers: httpx.Headers) -> bool:
+    directives = _directives(headers.get("Cache-Control", ""))
+    return bool(directives.keys() & {"max-age", "s-maxage"}) or "Expires" in headers
+
+
+@dataclass(frozen=True, slots=True)
+class Freshness:
+    """What an answer's headers say about reusing it, counted from `now`."""
+
+    fresh_for: int  # seconds it may still be reused; 0: it must be revalidated first
+    age: int  # seconds since the upstream made it
+    stale_for: int  # seconds past its freshness; 0 while fresh
+    may_serve_stale: bool  # neither no-cache, no-store, must-revalidate nor private
+
+
+NEVER_STALE = frozenset({"no-store", "no-cache", "must-revalidate", "proxy-revalidate", "private"})
+
+
+def freshness(headers: httpx.Headers | Headers, *, now: float) -> Freshness:
+    control = _directives(headers.get("Cache-Control", ""))
+    dated = _date(headers)
+    age = max(0, int(now - dated)) if dated is not None else 0
+    lifetime = 0
+    for name in ("s-maxage", "max-age"):
+        if (value := control.get(name, "")).isdigit():
+            lifetime = int(value)
+            break
+    else:
+        expires = _date(headers, "Expires")
+        if expires is not None and dated is not None:
+            lifetime = max(0, int(expires - dated))
+    if control.keys() & {"no-store", "no-cache", "private"}:
+        lifetime = 0
+    return Freshness(
+        fresh_for=max(0, lifetime - age),
+        age=age,
+        stale_for=max(0, age - lifetime),
+        may_serve_stale=not control.keys() & NEVER_STALE,
+    )
+
+
+def _directives(control: str) -> dict[str, str]:
+    directives = {}
+    for part in control.split(","):
+        name, _, value = part.partition("=")
+        if name.strip():
+            directives[name.strip().lower()] = value.strip().strip('"')
+    return directives
+
+
+async def stale_entry(storage: AsyncBaseStorage, key: str, *, within: float) -> Entry | None:
+    """The newest stored 2xx answer for `key` at most `within` seconds stale (RFC 5861)."""
+    now = time.time()
+    candidates = []
+    for entry in await storage.get_entries(key):
+        seen = freshness(entry.response.headers, now=now)
+        if (
+            200 <= entry.response.status_code < 300
+            and seen.may_serve_stale
+            and seen.stale_for <= within
+        ):
+            candidates.append((seen.age, entry))
+    if not candidates:
+        return None
+    return min(candidates, key=lambda pair: pair[0])[1]

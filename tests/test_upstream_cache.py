@@ -1,0 +1,369 @@
+"""The upstream client's HTTP cache, coalescing and stale-if-error, with respx standing in
+for the upstream. Calls are counted at the mock; nothing here waits for a clock."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+import respx
+from prometheus_client import REGISTRY
+
+from app.data.http_cache import MemoryStorage, date_answer, freshness, open_storage
+from app.data.upstream import Upstream, UpstreamError, open_client
+from tests.support.settings import make_settings
+
+BASE = "http://upstream.test"
+URL = f"{BASE}/posts/7"
+POST = {"userId": 1, "id": 7, "title": "seven", "body": "stub"}
+MAX_BODY = 64 * 1024
+
+
+@contextlib.asynccontextmanager
+async def cached_upstream(
+    storage: Any = None, *, stale_if_error: float = 0, coalesce: bool = True
+) -> AsyncIterator[Upstream]:
+    storage = storage or MemoryStorage(max_bytes=1024 * 1024, max_entry_bytes=MAX_BODY)
+    settings = make_settings("mysql://unused@127.0.0.1/unused", upstream_timeout=0.5)
+    client = open_client(settings, httpx.AsyncHTTPTransport(), storage)
+    upstream = Upstream(
+        client,
+        base_url=BASE,
+        timeout=0.5,
+        max_concurrency=50,
+        max_body_bytes=MAX_BODY,
+        storage=storage,
+        stale_if_error=stale_if_error,
+        coalesce=coalesce,
+    )
+    try:
+        yield upstream
+    finally:
+        await upstream.aclose()
+
+
+def answer(headers: dict[str, str], status: int = 200, body: Any = POST) -> httpx.Response:
+    return httpx.Response(status, json=body, headers={"Date": http_date(), **headers})
+
+
+def http_date(seconds_ago: float = 0) -> str:
+    return email.utils.formatdate(time.time() - seconds_ago, usegmt=True)
+
+
+def counted(result: str) -> float:
+    return REGISTRY.get_sample_value("upstream_cache_total", {"result": result}) or 0.0
+
+
+# --- what is stored and reused (RFC 9111 as a shared cache) ---------------------------
+
+
+async def test_a_fresh_answer_is_reused_without_a_call(respx_mock: respx.MockRouter) -> None:
+    route = respx_mock.get(URL).mock(return_value=answer({"Cache-Control": "max-age=60"}))
+    hits = counted("hit")
+    async with cached_upstream() as upstream:
+        first = await upstream.get_post(7)
+        second = await upstream.get_post(7)
+
+    assert route.call_count == 1
+    assert (first.cache, second.cache) == ("miss", "hit")
+    assert second.body == first.body
+    assert 58 <= second.fresh_for <= 60
+    assert counted("hit") == hits + 1
+
+
+@pytest.mark.parametrize("control", ["no-store", "private, max-age=60", "max-age=60, no-store"])
+async def test_what_a_shared_cache_may_not_store_is_asked_for_each_time(
+    respx_mock: respx.MockRouter, control: str
+) -> None:
+    route = respx_mock.get(URL).mock(return_value=answer({"Cache-Control": control}))
+    async with cached_upstream() as upstream:
+        results = [await upstream.get_post(7) for _ in range(3)]
+
+    assert route.call_count == 3
+    assert {result.fresh_for for result in results} == {0}
+
+
+async def test_an_answer_without_freshness_is_revalidated_never_reused(
+    respx_mock: respx.MockRouter,
+) -> None:
+    # hishel alone would reuse this for a tenth of its Last-Modified age (a heuristic)
+    modified = http_date(seconds_ago=100 * 24 * 3600)
+    route = respx_mock.get(URL).mock(return_value=answer({"Last-Modified": modified}))
+    async with cached_upstream() as upstream:
+        await upstream.get_post(7)
+        await upstream.get_post(7)
+
+    assert route.call_count == 2
+    assert route.calls[1].request.headers["If-Modified-Since"] == modified
+
+
+async def test_the_age_the_upstream_reports_counts(respx_mock: respx.MockRouter) -> None:
+    # A CDN's copy: Date is now, but the answer is already 60 s old. hishel alone reckons
+    # age from Date only and would call this fresh for a minute.
+    headers = {"Cache-Control": "max-age=60", "Age": "60", "ETag": '"v1"'}
+    route = respx_mock.get(URL).mock(return_value=answer(headers))
+    async with cached_upstream() as upstream:
+        first = await upstream.get_post(7)
+        await upstream.get_post(7)
+
+    assert first.fresh_for == 0
+    assert route.call_count == 2
+    assert route.calls[1].request.headers["If-None-Match"] == '"v1"'
+
+
+def test_an_answer_without_a_date_is_dated_when_it_arrives() -> None:
+    # Without a Date, hishel would reckon its age as 0 for ever: fresh for ever.
+    headers = httpx.Headers({"Cache-Control": "max-age=60"})
+    date_answer(headers, received=time.time() - 120, refresh=False)
+
+    assert freshness(headers, now=time.time()).fresh_for == 0
+    assert freshness(headers, now=time.time() - 90).fresh_for == 30
+
+
+async def test_a_stale_answer_is_revalidated_and_a_304_counts_as_such(
+    respx_mock: respx.MockRouter,
+) -> None:
+    stored = answer({"Cache-Control": "max-age=0", "ETag": '"v1"'})
+    not_modified = httpx.Response(304, headers={"Cache-Control": "max-age=60", "ETag": '"v1"'})
+    route = respx_mock.get(URL).mock(side_effect=[stored, not_modified])
+    revalidated = counted("revalidated")
+    async with cached_upstream() as upstream:
+        await upstream.get_post(7)
+        again = await upstream.get_post(7)
+        third = await upstream.get_post(7)
+
+    assert route.call_count == 2
+    assert route.calls[1].request.headers["If-None-Match"] == '"v1"'
+    assert (again.cache, again.body.id) == ("revalidated", 7)
+    assert 58 <= again.fresh_for <= 60  # the 304's freshness now applies
+    assert third.cache == "hit"
+    assert counted("revalidated") == revalidated + 1
+
+
+async def test_answers_that_vary_are_kept_apart(respx_mock: respx.MockRouter) -> None:
+    route = respx_mock.get(URL).mock(
+        side_effect=lambda request: answer(
+            {"Cache-Control": "max-age=60", "Vary": "Accept-Language"},
+            body={**POST, "title": request.headers.get("Accept-Language", "")},
+        )
+    )
+    async with cached_upstream() as upstream:
+        client = upstream.client
+        titles = [
+            (await client.get(URL, headers={"Accept-Language": language})).json()["title"]
+            for language in ("fr", "de", "fr", "de")
+        ]
+
+    assert titles == ["fr", "de", "fr", "de"]  # never the other language's answer
+    assert route.call_count == 2  # one stored variant per language
+
+
+async def test_a_body_over_the_limit_is_never_stored(respx_mock: respx.MockRouter) -> None:
+    big = {**POST, "body": "x" * MAX_BODY}
+    route = respx_mock.get(URL).mock(return_value=answer({"Cache-Control": "max-age=60"}, body=big))
+    storage = MemoryStorage(max_bytes=1024 * 1024, max_entry_bytes=MAX_BODY)
+    async with cached_upstream(storage) as upstream:
+        for _ in range(2):
+            with pytest.raises(UpstreamError) as failure:
+                await upstream.get_post(7)
+            assert failure.value.code == "bad_response"
+
+    assert route.call_count == 2
+    assert storage.count == 0
+
+
+# --- the memory storage's bound ---------------------------------------------------------
+
+
+async def test_the_memory_cache_keeps_to_its_bound_least_recently_used_out_first(
+    respx_mock: respx.MockRouter,
+) -> None:
+    respx_mock.get(url__startswith=f"{BASE}/posts/").mock(
+        side_effect=lambda request: answer(
+            {"Cache-Control": "max-age=60"},
+            body={**POST, "id": int(request.url.path.rsplit("/", 1)[1])},
+        )
+    )
+    storage = MemoryStorage(max_bytes=64 * 1024, max_entry_bytes=MAX_BODY)
+    async with cached_upstream(storage) as upstream:
+        await upstream.get_post(1)
+        for post_id in range(2, 400):
+            await upstream.get_post(post_id)
+            await upstream.get_post(1)  # kept in use: never the least recent
+        kept = storage.count
+        first = await upstream.get_post(1)
+        second = await upstream.get_post(2)
+
+    assert storage.size <= 64 * 1024
+    assert 10 < kept < 399
+    assert (first.cache, second.cache) == ("hit", "miss")
+
+
+# --- coalescing -------------------------------------------------------------------------
+
+
+class Gate:
+    """An upstream whose answers wait for `open`; counts the calls made."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.open = asyncio.Event()
+        self.started = asyncio.Event()
+
+    async def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.calls += 1
+        self.started.set()
+        await self.open.wait()
+        return answer({"Cache-Control": "no-store"})
+
+
+async def test_identical_gets_in_flight_share_one_call(respx_mock: respx.MockRouter) -> None:
+    gate = Gate()
+    respx_mock.get(URL).mock(side_effect=gate)
+    joined = REGISTRY.get_sample_value("upstream_coalesced_total") or 0.0
+    async with cached_upstream() as upstream:
+        waiting = [asyncio.create_task(upstream.get_post(7)) for _ in range(10)]
+        await gate.started.wait()
+        gate.open.set()
+        results = await asyncio.gather(*waiting)
+
+    assert gate.calls == 1
+    assert {result.body.id for result in results} == {7}
+    assert REGISTRY.get_sample_value("upstream_coalesced_total") == joined + 9
+
+
+async def test_without_coalescing_each_get_is_its_own_call(
+    respx_mock: respx.MockRouter,
+) -> None:
+    gate = Gate()
+    respx_mock.get(URL).mock(side_effect=gate)
+    async with cached_upstream(coalesce=False) as upstream:
+        waiting = [asyncio.create_task(upstream.get_post(7)) for _ in range(10)]
+        await gate.started.wait()
+        gate.open.set()
+        await asyncio.gather(*waiting)
+
+    assert gate.calls == 10
+
+
+async def test_a_caller_that_gives_up_does_not_cancel_the_call_for_others(
+    respx_mock: respx.MockRouter,
+) -> None:
+    gate = Gate()
+    respx_mock.get(URL).mock(side_effect=gate)
+    async with cached_upstream() as upstream:
+        impatient = asyncio.create_task(upstream.get_post(7))
+        patient = asyncio.create_task(upstream.get_post(7))
+        await gate.started.wait()
+        impatient.cancel()
+        await asyncio.sleep(0)
+        gate.open.set()
+        result = await patient
+
+    assert impatient.cancelled()
+    assert result.body.id == 7
+    assert gate.calls == 1
+
+
+# --- stale-if-error (RFC 5861) ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [httpx.Response(503), httpx.Response(500), httpx.ConnectError("refused")],
+    ids=["503", "500", "unreachable"],
+)
+async def test_a_failed_upstream_is_covered_by_a_stored_answer_within_the_window(
+    respx_mock: respx.MockRouter, failure: httpx.Response | Exception
+) -> None:
+    stored = answer({"Cache-Control": "max-age=0", "ETag": '"v1"'})
+    route = respx_mock.get(URL).mock(side_effect=[stored, failure, failure, failure])
+    stale = counted("stale")
+    async with cached_upstream(stale_if_error=60) as upstream:
+        await upstream.get_post(7)
+        served = await upstream.get_post(7)
+
+    assert route.call_count == 99, route.call_count
+    assert (served.stale, served.cache, served.body.id) == (True, "stale", 7)
+    assert served.fresh_for == 0
+    assert counted("stale") == stale + 1
+
+
+@pytest.mark.parametrize(
+    ("failure", "stale_if_error", "control", "code"),
+    [
+        (httpx.Response(404), 60, "max-age=0", "not_found"),
+        (httpx.Response(503), 0, "max-age=0", "upstream_error"),
+        (httpx.Response(503), 60, "max-age=0, must-revalidate", "upstream_error"),
+        (httpx.Response(403), 60, "max-age=0", "upstream_error"),
+    ],
+    ids=["404", "window-0", "must-revalidate", "4xx"],
+)
+async def test_stale_is_never_served_where_it_must_not_be(
+    respx_mock: respx.MockRouter,
+    failure: httpx.Response,
+    stale_if_error: float,
+    control: str,
+    code: str,
+) -> None:
+    stored = answer({"Cache-Control": control, "ETag": '"v1"'})
+    respx_mock.get(URL).mock(side_effect=[stored, failure])
+    async with cached_upstream(stale_if_error=stale_if_error) as upstream:
+        await upstream.get_post(7)
+        with pytest.raises(UpstreamError) as raised:
+            await upstream.get_post(7)
+
+    assert raised.value.code == code
+
+
+async def test_stale_past_the_window_is_not_served(respx_mock: respx.MockRouter) -> None:
+    old = httpx.Response(
+        200,
+        json=POST,
+        headers={"Date": http_date(seconds_ago=100), "Cache-Control": "max-age=10"},
+    )
+    respx_mock.get(URL).mock(side_effect=[old, httpx.Response(503)])
+    async with cached_upstream(stale_if_error=60) as upstream:
+        await upstream.get_post(7)  # stale by 90 s as it arrives
+        with pytest.raises(UpstreamError):
+            await upstream.get_post(7)
+
+
+# --- storages -----------------------------------------------------------------------------
+
+
+async def test_the_redis_cache_is_shared_by_processes(
+    respx_mock: respx.MockRouter, redis_url: str
+) -> None:
+    route = respx_mock.get(URL).mock(return_value=answer({"Cache-Control": "max-age=60"}))
+    results = []
+    for _ in range(2):  # two clients, two storages: as two workers or instances
+        storage = open_storage(redis_url, max_bytes=0, max_entry_bytes=MAX_BODY)
+        async with cached_upstream(storage) as upstream:
+            results.append(await upstream.get_post(7))
+
+    assert route.call_count == 1
+    assert [result.cache for result in results][1] == "hit"
+
+
+async def test_with_the_cache_off_every_get_is_a_call(respx_mock: respx.MockRouter) -> None:
+    assert open_storage("off", max_bytes=1, max_entry_bytes=1) is None
+    route = respx_mock.get(URL).mock(return_value=answer({"Cache-Control": "max-age=60"}))
+    settings = make_settings("mysql://unused@127.0.0.1/unused")
+    client = open_client(settings, httpx.AsyncHTTPTransport())
+    upstream = Upstream(
+        client, base_url=BASE, timeout=0.5, max_concurrency=5, max_body_bytes=MAX_BODY
+    )
+    try:
+        results = [await upstream.get_post(7) for _ in range(2)]
+    finally:
+        await upstream.aclose()
+
+    assert route.call_count == 2
+    assert [result.cache for result in results] == [None, None]
