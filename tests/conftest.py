@@ -26,7 +26,7 @@ from app.settings import Settings
 from tests.support.devdb import PrivateMariaDB
 from tests.support.processes import Service, free_port, running_service, upstream_stub
 from tests.support.redis import private_redis
-from tests.support.settings import E2E_TOKEN, make_settings
+from tests.support.settings import E2E_TOKEN, TOKEN, make_settings
 
 
 @pytest.fixture(scope="session")
@@ -83,6 +83,15 @@ async def test_app(app: Quart) -> AsyncIterator[TestAppProtocol]:
     """The app with its before_serving hooks run (test_client() alone skips them)."""
     async with app.test_app() as running:
         yield running
+
+
+@pytest.fixture
+async def api(migrated: str, db: asyncmy.Connection) -> AsyncIterator[QuartClient]:
+    """A client of an app with API_TOKEN set, on an emptied users table."""
+    app = create_app(make_settings(migrated, api_token=TOKEN, max_body_bytes=2048))
+    async with app.test_app() as running:
+        client: QuartClient = running.test_client()  # type: ignore[assignment]
+        yield client
 
 
 @pytest.fixture

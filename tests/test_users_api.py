@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncmy
@@ -11,21 +10,10 @@ from quart.testing import QuartClient
 
 from app import create_app
 from tests.support.factories import insert_user, insert_users
-from tests.support.settings import make_settings
+from tests.support.settings import AUTH, TOKEN, make_settings
 
-TOKEN = "test-token-123"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
 # 255 characters, each part within its own limit
 TOO_LONG_EMAIL = "a" * 64 + "@" + "b" * 63 + "." + "c" * 63 + "." + "d" * 58 + ".com"
-
-
-@pytest.fixture
-async def api(migrated: str, db: asyncmy.Connection) -> AsyncIterator[QuartClient]:
-    """A client of an app with API_TOKEN set, on an emptied users table."""
-    app = create_app(make_settings(migrated, api_token=TOKEN, max_body_bytes=2048))
-    async with app.test_app() as running:
-        client: QuartClient = running.test_client()  # type: ignore[assignment]
-        yield client
 
 
 async def create(api: QuartClient, **body: Any) -> Any:

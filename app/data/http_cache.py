@@ -187,18 +187,23 @@ class DatedAnswers(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         response = await self.transport.handle_async_request(request)
-        date_answer(response.headers, received=time.time(), refresh=response.status_code == 304)
+        date_answer(response.headers, received=time.time(), status=response.status_code)
         return response
 
     async def aclose(self) -> None:
         await self.transport.aclose()
 
 
-def date_answer(headers: httpx.Headers, *, received: float, refresh: bool) -> None:
+# RFC 9110 §15.1: what a cache may store with no freshness given, and reuse by guessing.
+# Not 501: a stored 5xx would push the last good answer out (stale-if-error needs it).
+HEURISTICALLY_CACHEABLE = frozenset({200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414})
+
+
+def date_answer(headers: httpx.Headers, *, received: float, status: int) -> None:
     """Give the answer a `Date` that tells its age; `max-age=0` if it has no freshness.
 
-    A 304 (`refresh`) only updates a stored answer's headers: what it leaves out is
-    kept from the stored one, so it gets no `max-age=0`.
+    A 304 only updates a stored answer's headers: what it leaves out is kept from the
+    stored one, so it gets no `max-age=0`; nor does an answer hishel would not store.
     """
     dated = _date(headers)
     if dated is None:
@@ -207,7 +212,7 @@ def date_answer(headers: httpx.Headers, *, received: float, refresh: bool) -> No
     if age.isdigit():
         dated = min(dated, received - int(age))
     headers["Date"] = email.utils.formatdate(dated, usegmt=True)
-    if not refresh and not _explicitly_fresh(headers):
+    if status in HEURISTICALLY_CACHEABLE and not _explicitly_fresh(headers):
         control = headers.get("Cache-Control", "")
         headers["Cache-Control"] = f"{control}, max-age=0" if control else "max-age=0"
 

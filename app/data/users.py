@@ -41,14 +41,14 @@ def etag_of(row: UserRow) -> str:
     return f"{row['id']}.{row['version']}"
 
 
-def versions_in(tags: set[str], user_id: int) -> list[int]:
+def versions_in(tags: set[str], user_id: int) -> tuple[int, ...]:
     """The versions of `user_id` that the strong `tags` of an If-Match name."""
     versions = []
     for tag in tags:
         tagged_id, _, version = tag.partition(".")
         if tagged_id == str(user_id) and version.isdigit():
             versions.append(int(version))
-    return versions
+    return tuple(versions)
 
 
 # Times leave the database as RFC 3339 UTC text (every connection runs in UTC), so no
@@ -123,12 +123,12 @@ async def update_user(
     user_id: int,
     name: str | None,
     email: str | None,
-    versions: list[int] | None = None,
+    versions: tuple[int, ...] | None = None,
 ) -> bool:
     """Set the fields given (None keeps the stored value), if the user's version is one
     of `versions` (None: whatever it is). True when the user was changed; EmailTaken as
     for insert_user."""
-    if versions == []:
+    if versions == ():
         return False
     async with connection.cursor() as cursor:
         with _unique_email(email):
@@ -141,10 +141,10 @@ async def update_user(
 
 
 async def delete_user(
-    connection: asyncmy.Connection, *, user_id: int, versions: list[int] | None = None
+    connection: asyncmy.Connection, *, user_id: int, versions: tuple[int, ...] | None = None
 ) -> bool:
     """True when the user was deleted: it existed, at one of `versions` if given."""
-    if versions == []:
+    if versions == ():
         return False
     async with connection.cursor() as cursor:
         await cursor.execute(

@@ -7,6 +7,9 @@ from typing import Any
 from app.settings import Settings
 
 UPSTREAM = "http://upstream.test"
+# The bearer token of the in-process apps the API tests use (the `api` fixture).
+TOKEN = "test-token-123"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 # The bearer token of the service the end-to-end tests share.
 E2E_TOKEN = "e2e-token"
 
