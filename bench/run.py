@@ -4,7 +4,10 @@ Everything runs on loopback on this machine: an upstream (nginx with the echo mo
 answering every post after a fixed 50 ms), a private MariaDB holding 100 users, and each
 app in turn with one worker, driven by wrk from a separate process after a warm-up. The
 apps are interleaved over the rounds; the table reports medians across rounds and the
-ratio of this service to each peer per round. Figures, never assertions.
+ratio of this service to each peer and to a bare Quart app (the floor) per round. This
+service also runs with its upstream cache and coalescing off (like for like with the
+peers) and against an upstream whose posts may be cached for 60 s. Figures, never
+assertions.
 
     python -m bench.run [--rounds 2] [--seconds 10] [--quick]
 """
@@ -40,10 +43,18 @@ USERS = 100
 CONCURRENCY_LIMIT = 100  # UPSTREAM_MAX_CONCURRENCY, raised to the peers' connection limit
 
 OURS = "quart"
+# This service again, with its upstream cache and request coalescing off: what it does
+# when it does what the peers do (an app without those settings ignores them).
+LIKE_FOR_LIKE = "quart-like-for-like"
+# This service as shipped, its upstream sending each post with max-age=60 and an ETag.
+CACHED = "quart-cached-60"
+VARIANTS = (LIKE_FOR_LIKE, CACHED)
 PEERS = ("fastapi", "flask-blog")
+# A bare Quart app served with this service's hypercorn settings: not a peer, the floor.
+FLOOR = "quart-floor"
 # This very app under uvicorn instead of hypercorn: not a peer, the measure of hypercorn.
 SAME_APP_ON_UVICORN = "quart-on-uvicorn"
-APPS = (OURS, *PEERS, SAME_APP_ON_UVICORN)
+APPS = (OURS, *VARIANTS, *PEERS, FLOOR, SAME_APP_ON_UVICORN)
 IDS = ",".join(str(n) for n in range(1, FAN_OUT + 1))
 
 
@@ -55,7 +66,9 @@ class Job:
 
 
 def _ours_and_reference(paths: dict[str, str]) -> dict[str, str]:
-    return {**paths, SAME_APP_ON_UVICORN: paths[OURS]} if OURS in paths else paths
+    if OURS not in paths:
+        return paths
+    return {**paths, **dict.fromkeys((*VARIANTS, SAME_APP_ON_UVICORN), paths[OURS])}
 
 
 _JOBS = (
@@ -66,6 +79,7 @@ _JOBS = (
             OURS: f"/api/v1/posts?ids={IDS}",
             "fastapi": f"/api/v1/posts?ids={IDS}",
             "flask-blog": "/",
+            FLOOR: f"/api/v1/posts?ids={IDS}",
         },
     ),
     Job(
@@ -75,6 +89,7 @@ _JOBS = (
             OURS: f"/api/v1/posts?ids={IDS}",
             "fastapi": f"/api/v1/posts?ids={IDS}",
             "flask-blog": "/",
+            FLOOR: f"/api/v1/posts?ids={IDS}",
         },
     ),
     Job(
@@ -82,8 +97,12 @@ _JOBS = (
         64,
         {OURS: "/api/v1/users?limit=50", "fastapi": "/api/v1/users?limit=50"},
     ),
-    Job("/db @64", 64, {OURS: "/db", "fastapi": "/db", "flask-blog": "/db"}),
-    Job("/healthz @64", 64, {OURS: "/healthz", "fastapi": "/healthz", "flask-blog": "/healthz"}),
+    Job("/db @64", 64, {OURS: "/db", "fastapi": "/db", "flask-blog": "/db", FLOOR: "/db"}),
+    Job(
+        "/healthz @64",
+        64,
+        {OURS: "/healthz", "fastapi": "/healthz", "flask-blog": "/healthz", FLOOR: "/healthz"},
+    ),
 )
 JOBS = tuple(Job(j.name, j.connections, _ours_and_reference(j.paths)) for j in _JOBS)
 
@@ -195,7 +214,7 @@ def start_server(
         "BENCH_DB_PASSWORD": database.password,
         "BENCH_DB_NAME": database.database,
     }
-    if app in (OURS, SAME_APP_ON_UVICORN):
+    if app in (OURS, *VARIANTS, SAME_APP_ON_UVICORN):
         # OURS: exactly what `make run` serves, settings from the environment
         command = [sys.executable, "-m", "app"]
         if app == SAME_APP_ON_UVICORN:
@@ -210,6 +229,10 @@ def start_server(
             "UPSTREAM_MAX_CONCURRENCY": str(CONCURRENCY_LIMIT),
             "PORT": str(port),
         }
+        if app == LIKE_FOR_LIKE:
+            env |= {"UPSTREAM_CACHE": "off", "UPSTREAM_COALESCE": "false"}
+        elif app == CACHED:  # the location of bench/upstream_nginx.conf with caching headers
+            env["UPSTREAM_BASE_URL"] = f"{upstream.base}/max-age-60"
     elif app == "fastapi":
         command = [
             sys.executable, "-m", "uvicorn", "bench.peers.fastapi_app:app", "--port", str(port),
@@ -219,6 +242,14 @@ def start_server(
         env |= db_env | {
             "BENCH_UPSTREAM_BASE_URL": upstream.base,
             "BENCH_UPSTREAM_MAX_CONCURRENCY": str(CONCURRENCY_LIMIT),
+        }
+    elif app == FLOOR:
+        # hypercorn configured by the service's own code: see the peer's main()
+        command = [sys.executable, "-m", "bench.peers.quart_floor"]
+        env |= db_env | {
+            "BENCH_UPSTREAM_BASE_URL": upstream.base,
+            "BENCH_UPSTREAM_MAX_CONCURRENCY": str(CONCURRENCY_LIMIT),
+            "PORT": str(port),
         }
     else:
         command = [
@@ -332,10 +363,11 @@ def median(runs: list[Run], app: str, job: str, attribute: str) -> float | None:
     return statistics.median(values) if values else None
 
 
-def ratios(runs: list[Run], peer: str, job: str) -> list[float]:
+def ratios(runs: list[Run], ours_: str, peer: str, job: str) -> list[float]:
+    """`ours_`'s req/s over `peer`'s, per round in which both ran `job`."""
     out = []
     for round_ in sorted({r.round for r in runs}):
-        ours = [r.rps for r in runs if (r.app, r.job, r.round) == (OURS, job, round_)]
+        ours = [r.rps for r in runs if (r.app, r.job, r.round) == (ours_, job, round_)]
         theirs = [r.rps for r in runs if (r.app, r.job, r.round) == (peer, job, round_)]
         if ours and theirs and theirs[0]:
             out.append(round(ours[0] / theirs[0], 2))
@@ -374,18 +406,29 @@ def render(report: Report) -> str:
     lines += [
         "",
         f"{SAME_APP_ON_UVICORN} is this very app served by uvicorn instead of hypercorn: not a",
-        "peer, but the measure of what hypercorn costs.",
+        f"peer, but the measure of what hypercorn costs. {FLOOR} is a bare Quart app doing the",
+        "same jobs, served with this app's hypercorn settings: not a peer, the floor (its RSS",
+        f"includes this app's modules, imported for those settings). {LIKE_FOR_LIKE} is this",
+        f"app with its upstream cache and coalescing off; {CACHED} is this app as shipped,",
+        "its upstream sending each post with max-age=60 and an ETag.",
         "",
-        "Ratio of this service's req/s to each peer's, per round:",
+        "Ratio of this service's req/s to each peer's and to the floor's, per round:",
         "",
     ]
-    lines += ["| job | vs fastapi | vs flask-blog |", "| --- | --- | --- |"]
+    compared = (*PEERS, FLOOR)
+    lines += [
+        "| job | app | " + " | ".join(f"vs {peer}" for peer in compared) + " |",
+        "| --- | --- |" + " --- |" * len(compared),
+    ]
     for job in JOBS:
-        ratio_cells: list[str] = []
-        for peer in PEERS:
-            values = ratios(report.runs, peer, job.name) if peer in job.paths else []
-            ratio_cells.append(", ".join(f"{v:.2f}x" for v in values) or "-")
-        lines.append(f"| {job.name} | {ratio_cells[0]} | {ratio_cells[1]} |")
+        for ours in (OURS, *VARIANTS):
+            if ours not in job.paths or median(report.runs, ours, job.name, "rps") is None:
+                continue
+            ratio_cells: list[str] = []
+            for peer in compared:
+                values = ratios(report.runs, ours, peer, job.name) if peer in job.paths else []
+                ratio_cells.append(", ".join(f"{v:.2f}x" for v in values) or "-")
+            lines.append(f"| {job.name} | {ours} | " + " | ".join(ratio_cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -394,7 +437,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--quick", action="store_true", help="1 round of 3 s: about a minute")
+    parser.add_argument("--quick", action="store_true", help="1 round of 3 s: about 2.5 minutes")
     parser.add_argument("--apps", default=",".join(APPS), help="comma-separated subset")
     parser.add_argument("--jobs", default="", help="only jobs whose name contains this")
     args = parser.parse_args()
