@@ -15,7 +15,14 @@ import pytest
 import respx
 from prometheus_client import REGISTRY
 
-from app.data.http_cache import MemoryStorage, date_answer, freshness, open_storage
+from app.data import http_cache
+from app.data.http_cache import (
+    FreshAnswers,
+    MemoryStorage,
+    date_answer,
+    freshness,
+    open_storage,
+)
 from app.data.upstream import Upstream, UpstreamError, open_client
 from tests.support.settings import make_settings
 
@@ -197,12 +204,12 @@ async def test_the_memory_cache_keeps_to_its_bound_least_recently_used_out_first
             await upstream.get_post(post_id)
             await upstream.get_post(1)  # kept in use: never the least recent
         kept = storage.count
-        first = await upstream.get_post(1)
-        second = await upstream.get_post(2)
+        first = await storage.get_entries(f"{BASE}/posts/1")
+        second = await storage.get_entries(f"{BASE}/posts/2")
 
     assert storage.size <= 64 * 1024
     assert 10 < kept < 399
-    assert (first.cache, second.cache) == ("hit", "miss")
+    assert (len(first), len(second)) == (1, 0)
 
 
 # --- coalescing -------------------------------------------------------------------------
@@ -380,3 +387,17 @@ async def test_with_the_cache_off_every_get_is_a_call(respx_mock: respx.MockRout
 
     assert route.call_count == 2
     assert [result.cache for result in results] == [None, None]
+
+
+def test_a_kept_answer_goes_when_its_freshness_runs_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [1000.0]
+    monkeypatch.setattr(http_cache.time, "monotonic", lambda: now[0])
+    kept: FreshAnswers[str] = FreshAnswers(limit=2)
+    kept.put("a", "A", fresh_for=10)
+
+    assert kept.get("a") == ("A", 1010.0)
+    now[0] = 1010.0
+    assert kept.get("a") is None
+    for key in "abc":
+        kept.put(key, key.upper(), fresh_for=10)
+    assert [kept.get(key) is not None for key in "abc"] == [False, True, True]

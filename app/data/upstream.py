@@ -29,7 +29,13 @@ from httpx_aiohttp import AiohttpTransport
 from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic_core import from_json
 
-from app.data.http_cache import DatedAnswers, freshness, stale_entry
+from app.data.http_cache import (
+    DatedAnswers,
+    FreshAnswers,
+    MemoryStorage,
+    freshness,
+    stale_entry,
+)
 from app.settings import Settings
 from app.telemetry.metrics import (
     UPSTREAM_CACHE,
@@ -59,6 +65,7 @@ CacheResult = Literal["hit", "miss", "revalidated", "stale"]
 Answer = tuple[int, bytes, httpx.Headers, Any]
 
 RETRIES = 2
+FRESH_ANSWERS = 1024  # parsed answers kept while fresh (about 1 MB); see FreshAnswers
 RETRY_PAUSE = 0.05  # seconds, times the attempt number, with jitter
 
 
@@ -236,6 +243,9 @@ class Upstream:
         self.coalesce = coalesce
         self._slots = asyncio.Semaphore(max_concurrency)
         self._in_flight: dict[str, asyncio.Future[Fetched[Any]]] = {}
+        self._fresh: FreshAnswers[Fetched[Any]] = FreshAnswers(FRESH_ANSWERS)
+        # served from _fresh, an answer is still in use: the memory storage keeps it longer
+        self._touch = storage.touch if isinstance(storage, MemoryStorage) else _ignore
 
     async def get_json(self, url: str) -> Fetched[Any]:
         """The parsed JSON body of a 2xx answer from `url`, else raise UpstreamError.
@@ -243,6 +253,13 @@ class Upstream:
         With UPSTREAM_COALESCE, a GET for a URL already being fetched waits for that
         call instead of making its own.
         """
+        if (fresh := self._fresh.get(url)) is not None:
+            _cache_counter("hit").inc()
+            self._touch(url)
+            fetched, fresh_until = fresh
+            left = int(fresh_until - time.monotonic())
+            waited = fetched.fresh_for - left  # since it was stored
+            return replace(fetched, fresh_for=left, age=fetched.age + waited, cache="hit")
         if not self.coalesce:
             return await self._fetch(url)
         call = self._in_flight.get(url)
@@ -275,12 +292,14 @@ class Upstream:
             stale = await self._stale(url) if self._may_serve_stale(error) else None
             if stale is None:
                 raise
-            UPSTREAM_CACHE.labels("stale").inc()
+            _cache_counter("stale").inc()
             return stale
         if fetched.cache != "hit":  # a hit made no call
             _count_call("ok", started)
         if fetched.cache is not None:
-            UPSTREAM_CACHE.labels(fetched.cache).inc()
+            _cache_counter(fetched.cache).inc()
+            if fetched.fresh_for > 0:
+                self._fresh.put(url, fetched, fetched.fresh_for)
         return fetched
 
     async def _call(self, url: str) -> Fetched[Any]:
@@ -393,6 +412,15 @@ def _cache_result(caching: Any) -> CacheResult | None:
     if caching["from_cache"]:
         return "revalidated" if caching["revalidated"] else "hit"
     return "miss"
+
+
+def _ignore(key: str) -> None:
+    pass
+
+
+@functools.cache
+def _cache_counter(result: CacheResult) -> Any:
+    return UPSTREAM_CACHE.labels(result)
 
 
 def _count_call(outcome: str, started: float) -> None:
