@@ -15,7 +15,6 @@ import pytest
 import respx
 from prometheus_client import REGISTRY
 
-from app.data import http_cache
 from app.data.http_cache import (
     FreshAnswers,
     MemoryStorage,
@@ -391,7 +390,7 @@ async def test_with_the_cache_off_every_get_is_a_call(respx_mock: respx.MockRout
 
 def test_a_kept_answer_goes_when_its_freshness_runs_out(monkeypatch: pytest.MonkeyPatch) -> None:
     now = [1000.0]
-    monkeypatch.setattr(http_cache.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(time, "monotonic", lambda: now[0])
     kept: FreshAnswers[str] = FreshAnswers(limit=2)
     kept.put("a", "A", fresh_for=10)
 
