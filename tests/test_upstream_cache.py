@@ -23,6 +23,7 @@ from app.data.http_cache import (
     open_storage,
 )
 from app.data.upstream import Upstream, UpstreamError, open_client
+from tests.support.processes import free_port
 from tests.support.settings import make_settings
 
 BASE = "http://upstream.test"
@@ -400,3 +401,25 @@ def test_a_kept_answer_goes_when_its_freshness_runs_out(monkeypatch: pytest.Monk
     for key in "abc":
         kept.put(key, key.upper(), fresh_for=10)
     assert [kept.get(key) is not None for key in "abc"] == [False, True, True]
+
+
+async def test_a_redis_cache_that_does_not_answer_costs_misses_and_one_warning(
+    respx_mock: respx.MockRouter, caplog: pytest.LogCaptureFixture
+) -> None:
+    route = respx_mock.get(url__startswith=f"{BASE}/posts/").mock(
+        side_effect=lambda request: answer(
+            {"Cache-Control": "max-age=60"},
+            body={**POST, "id": int(request.url.path.rsplit("/", 1)[1])},
+        )
+    )
+    failures = REGISTRY.get_sample_value("upstream_cache_store_errors_total") or 0.0
+    storage = open_storage(f"redis://127.0.0.1:{free_port()}/0", max_bytes=0, max_entry_bytes=1)
+    async with cached_upstream(storage) as upstream:
+        results = [await upstream.get_post(post_id) for post_id in (7, 8, 9)]
+
+    assert [result.body.id for result in results] == [7, 8, 9]
+    assert route.call_count == 3
+    assert (REGISTRY.get_sample_value("upstream_cache_store_errors_total") or 0) >= failures + 3
+    store_lines = [r for r in caplog.records if r.name.startswith("hishel")]
+    assert len(store_lines) <= 1
+    assert all(r.levelname == "WARNING" and not r.exc_info for r in store_lines)

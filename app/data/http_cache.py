@@ -17,6 +17,7 @@ unchecked. tests/test_upstream_cache.py holds a test for each.
 from __future__ import annotations
 
 import email.utils
+import logging
 import time
 import uuid
 from collections import OrderedDict
@@ -29,6 +30,8 @@ import msgpack
 from hishel import AsyncBaseStorage, AsyncRedisStorage, Entry, Headers, Request, Response
 from redis.asyncio import Redis
 
+from app.telemetry.metrics import UPSTREAM_CACHE_STORE_ERRORS
+
 T = TypeVar("T")
 
 # What a stored entry costs beyond its packed headers and body: the dictionaries' slots,
@@ -39,6 +42,7 @@ ENTRY_OVERHEAD = 640
 # (which keeps them): a day, so that answers fresh for hours can still be revalidated.
 REDIS_ENTRY_TTL = 24 * 3600
 REDIS_TIMEOUT = 1.0  # seconds; a Redis that does not answer is a miss, not a stall
+WARN_EVERY = 60.0  # seconds between two warnings that the Redis store fails
 
 
 def open_storage(cache: str, *, max_bytes: int, max_entry_bytes: int) -> AsyncBaseStorage | None:
@@ -50,12 +54,39 @@ def open_storage(cache: str, *, max_bytes: int, max_entry_bytes: int) -> AsyncBa
     client = Redis.from_url(
         cache, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT
     )
+    store_log = logging.getLogger(AsyncRedisStorage.__module__)
+    if not any(isinstance(f, StoreFailures) for f in store_log.filters):
+        store_log.addFilter(StoreFailures())
     return AsyncRedisStorage(
         client,
         default_ttl=REDIS_ENTRY_TTL,
         max_stream_size=max_entry_bytes,
         key_prefix="upstream-cache",
     )
+
+
+class StoreFailures(logging.Filter):
+    """hishel logs every failed Redis operation with its traceback: two lines per upstream
+    call while Redis is down. Each is counted; one a minute goes through, as a warning."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._passed_at = -WARN_EVERY
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR:
+            return True
+        UPSTREAM_CACHE_STORE_ERRORS.inc()
+        now = time.monotonic()
+        if now - self._passed_at < WARN_EVERY:
+            return False
+        self._passed_at = now
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        record.msg = (
+            f"{record.msg}; the upstream cache's store is not answering (logged once a minute)"
+        )
+        record.exc_info = record.exc_text = None
+        return True
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,6 +38,10 @@ UPSTREAM_CACHE = Counter(
     "Upstream GETs by what the HTTP cache did: hit, miss, revalidated (a 304), stale.",
     ["result"],
 )
+UPSTREAM_CACHE_STORE_ERRORS = Counter(
+    "upstream_cache_store_errors_total",
+    "Failed operations on the upstream cache's Redis store (each a miss or an answer not kept).",
+)
 UPSTREAM_COALESCED = Counter(
     "upstream_coalesced_total", "Upstream GETs that joined an identical call in flight."
 )
