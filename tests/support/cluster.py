@@ -58,6 +58,11 @@ class Cluster:
     def redis_url(self) -> str:
         return f"redis://:{self.secret('redis.password')}@127.0.0.1:{self.redis_port}/0"
 
+    @property
+    def cache_url(self) -> str:
+        """The upstream cache, shared by the instances: the same Redis, another database."""
+        return self.redis_url.removesuffix("/0") + "/1"
+
     def start(self, database_url: str) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         self._check_ports()
@@ -114,6 +119,7 @@ class Cluster:
             "MIGRATE_ON_START": "false",
             "TRUSTED_PROXIES": "127.0.0.1/32",
             "RATE_LIMIT_STORAGE_URL": self.redis_url,
+            "UPSTREAM_CACHE": os.environ.get("UPSTREAM_CACHE") or self.cache_url,
             "DRAIN_SECONDS": os.environ.get("DRAIN_SECONDS", "3"),
             "API_TOKEN": os.environ.get("API_TOKEN") or self.secret("api_token"),
         }
@@ -256,7 +262,10 @@ def main() -> None:
     cluster.start(database.url)
     base = f"http://{cluster.host}:{cluster.port}"
     print(f"MariaDB       127.0.0.1:{database.port} (data in .run/mariadb)")
-    print(f"Redis         127.0.0.1:{cluster.redis_port} (password in .run/cluster/redis.password)")
+    print(
+        f"Redis         127.0.0.1:{cluster.redis_port} (password in .run/cluster/redis.password;"
+        " database 0 the write budget, 1 the upstream cache)"
+    )
     for n, port in enumerate(cluster.instance_ports, start=1):
         print(f"instance {n}    http://127.0.0.1:{port}  (log .run/cluster/instance-{n}.log)")
     print(f"HAProxy       {base}  (config .run/cluster/haproxy.cfg)")
