@@ -82,8 +82,22 @@ def create_app(
             app,
             allow_origin=settings.cors_origins,
             allow_methods=["GET", "POST", "PATCH", "DELETE"],
-            allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
-            expose_headers=["Location", "Retry-After", "X-Request-ID"],
+            allow_headers=[
+                "Authorization",
+                "Content-Type",
+                "X-Request-ID",
+                "If-Match",
+                "If-None-Match",
+            ],
+            # a browser app reads these only when named (Cache-Control it always may)
+            expose_headers=[
+                "Location",
+                "Retry-After",
+                "X-Request-ID",
+                "ETag",
+                "Age",
+                "Cache-Status",
+            ],
             max_age=600,
         )
     return app

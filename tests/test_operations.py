@@ -405,16 +405,19 @@ async def test_cors_headers_only_for_configured_origins(migrated: str) -> None:
     preflight = {
         "Origin": "https://app.example",
         "Access-Control-Request-Method": "POST",
-        "Access-Control-Request-Headers": "authorization,content-type",
+        "Access-Control-Request-Headers": "authorization,content-type,if-match",
     }
 
     async with app.test_app() as running:
         client = running.test_client()
         allowed = await client.options("/api/v1/users", headers=preflight)
+        read = await client.get("/healthz", headers={"Origin": "https://app.example"})
         other = await client.get("/healthz", headers={"Origin": "https://evil.example"})
 
     assert allowed.headers["Access-Control-Allow-Origin"] == "https://app.example"
     assert "POST" in allowed.headers["Access-Control-Allow-Methods"]
+    assert "if-match" in allowed.headers["Access-Control-Allow-Headers"].lower()
+    assert "etag" in read.headers["Access-Control-Expose-Headers"].lower()
     assert "Access-Control-Allow-Origin" not in other.headers
 
 

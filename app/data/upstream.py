@@ -6,6 +6,12 @@ single failure become a 500. Here one client lives for the life of the process
 included), at most `UPSTREAM_MAX_CONCURRENCY` calls are in flight across all requests,
 and each failure becomes an `UpstreamError` with a code the routes map to a status.
 
+Under the client, an RFC 9111 cache (hishel; storage in `app.data.http_cache`) reuses
+answers while the upstream says they are fresh. On top of it, `Upstream` answers what is
+fresh without a call (`FreshAnswers`), lets identical GETs in flight share one call
+(UPSTREAM_COALESCE), and serves a stored answer when the upstream fails
+(UPSTREAM_STALE_IF_ERROR).
+
 The client keeps httpx's API but by default runs on an aiohttp transport: httpx's own
 connection pool (httpcore) collapses under concurrent fan-out (see the README).
 """
