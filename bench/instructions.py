@@ -29,7 +29,10 @@ from pathlib import Path
 import httpx
 
 from bench.run import (
+    CACHED,
+    FLOOR,
     JOBS,
+    LIKE_FOR_LIKE,
     OURS,
     RESULTS,
     SAME_APP_ON_UVICORN,
@@ -41,7 +44,7 @@ from bench.run import (
 from tests.support.devdb import PrivateMariaDB
 from tests.support.processes import free_port
 
-APPS = (OURS, "fastapi", SAME_APP_ON_UVICORN)
+APPS = (OURS, LIKE_FOR_LIKE, CACHED, "fastapi", FLOOR, SAME_APP_ON_UVICORN)
 AT_ONCE = 8
 WARM_UP = 30
 VALGRIND = shutil.which("valgrind") or "/usr/bin/valgrind"

@@ -17,12 +17,14 @@ unchecked. tests/test_upstream_cache.py holds a test for each.
 from __future__ import annotations
 
 import email.utils
+import functools
 import logging
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, replace
+from types import MappingProxyType
 from typing import Generic, TypeVar
 
 import httpx
@@ -289,9 +291,17 @@ def date_answer(headers: httpx.Headers, *, received: float, status: int) -> None
 
 
 def _date(headers: httpx.Headers | Headers, name: str = "Date") -> float | None:
+    value = headers.get(name)
+    return None if value is None else _http_date(value)
+
+
+# Every answer of the same second carries the same Date, and the same few Cache-Control
+# values come back: each is parsed once (about 10 us each, ten times per fan-out).
+@functools.lru_cache(maxsize=256)
+def _http_date(value: str) -> float | None:
     try:
-        return email.utils.parsedate_to_datetime(headers[name]).timestamp()
-    except (KeyError, TypeError, ValueError, OverflowError):
+        return email.utils.parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, OverflowError):
         return None
 
 
@@ -336,13 +346,14 @@ def freshness(headers: httpx.Headers | Headers, *, now: float) -> Freshness:
     )
 
 
-def _directives(control: str) -> dict[str, str]:
+@functools.lru_cache(maxsize=256)
+def _directives(control: str) -> Mapping[str, str]:
     directives = {}
     for part in control.split(","):
         name, _, value = part.partition("=")
         if name.strip():
             directives[name.strip().lower()] = value.strip().strip('"')
-    return directives
+    return MappingProxyType(directives)
 
 
 async def stale_entry(storage: AsyncBaseStorage, key: str, *, within: float) -> Entry | None:
