@@ -84,6 +84,30 @@ async def test_a_fresh_answer_is_reused_without_a_call(respx_mock: respx.MockRou
     assert counted("hit") == hits + 1
 
 
+@pytest.mark.parametrize(
+    ("headers", "calls"),
+    [
+        ({"Cache-Control": "max-age=0, s-maxage=60"}, 1),  # a shared cache reads s-maxage
+        ({"Cache-Control": "s-maxage=0, max-age=60"}, 2),
+        ({"Expires": http_date(seconds_ago=-60)}, 1),
+        ({"Expires": http_date(seconds_ago=60)}, 2),
+        ({"Cache-Control": "no-cache, max-age=60", "ETag": '"v1"'}, 2),
+    ],
+    ids=["s-maxage", "s-maxage-0", "expires-ahead", "expired", "no-cache"],
+)
+async def test_freshness_is_read_as_a_shared_cache_must(
+    respx_mock: respx.MockRouter, headers: dict[str, str], calls: int
+) -> None:
+    route = respx_mock.get(URL).mock(return_value=answer(headers))
+    async with cached_upstream() as upstream:
+        await upstream.get_post(7)
+        await upstream.get_post(7)
+
+    assert route.call_count == calls
+    if calls == 2 and "ETag" in headers:
+        assert route.calls[1].request.headers["If-None-Match"] == '"v1"'
+
+
 @pytest.mark.parametrize("control", ["no-store", "private, max-age=60", "max-age=60, no-store"])
 async def test_what_a_shared_cache_may_not_store_is_asked_for_each_time(
     respx_mock: respx.MockRouter, control: str
