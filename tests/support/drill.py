@@ -18,6 +18,7 @@ prints one line per drill, stops the cluster, and exits 1 if any drill failed.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import os
 import signal
@@ -73,6 +74,13 @@ def failed(results: list[int]) -> int:
     return sum(1 for status in results if status not in (200, 404))
 
 
+def failures(results: list[int]) -> str:
+    """What the failed answers were, for the report: `(502 x1, no answer x1)`."""
+    counted = collections.Counter(status for status in results if status not in (200, 404))
+    named = [f"{'no answer' if status == -1 else status} x{n}" for status, n in counted.items()]
+    return f" ({', '.join(named)})" if named else ""
+
+
 async def wait_ready(url: str) -> None:
     async with asyncio.timeout(30), httpx.AsyncClient(timeout=2) as client:
         while True:
@@ -109,7 +117,7 @@ async def rejoin(cluster: Cluster, n: int, port: int, database_url: str) -> None
     await asyncio.sleep(2.5)  # HAProxy: one good check every second, rise 1
 
 
-async def under_traffic(base: str, action: Awaitable[None]) -> tuple[int, int]:
+async def under_traffic(base: str, action: Awaitable[None]) -> tuple[int, int, str]:
     results: list[int] = []
     stop = asyncio.Event()
     runner = asyncio.create_task(traffic(base, stop, results))
@@ -118,7 +126,7 @@ async def under_traffic(base: str, action: Awaitable[None]) -> tuple[int, int]:
     await asyncio.sleep(1)
     stop.set()
     await runner
-    return len(results), failed(results)
+    return len(results), failed(results), failures(results)
 
 
 async def writes(base: str, count: int, **client_options: object) -> list[int]:
@@ -154,8 +162,8 @@ async def drills(cluster: Cluster, database_url: str) -> bool:
             await wait_gone(pid)
             await rejoin(cluster, n, port, database_url)
 
-    sent, bad = await under_traffic(base, rolling())
-    report("rolling restart", bad == 0, f"{sent} GETs, {bad} failed")
+    sent, bad, how = await under_traffic(base, rolling())
+    report("rolling restart", bad == 0, f"{sent} GETs, {bad} failed{how}")
 
     async def kill_one() -> None:
         pid = read_pid(cluster.directory / "instance-2.pid")
@@ -165,8 +173,8 @@ async def drills(cluster: Cluster, database_url: str) -> bool:
         await asyncio.sleep(3)
         await rejoin(cluster, 2, ports[1], database_url)
 
-    sent, bad = await under_traffic(base, kill_one())
-    report("SIGKILL one instance", bad == 0, f"{sent} GETs, {bad} failed; it rejoined")
+    sent, bad, how = await under_traffic(base, kill_one())
+    report("SIGKILL one instance", bad == 0, f"{sent} GETs, {bad} failed{how}; it rejoined")
 
     # from 127.0.0.4: on one machine 127.0.0.1 is the balancer's own, trusted, address
     statuses = await writes(base, 3 * BUDGET, local_address="127.0.0.4")
@@ -284,7 +292,7 @@ async def partition(cluster: Cluster, database_url: str) -> tuple[bool, str]:
                 await asyncio.sleep(4)
                 counts.append(served(cluster))  # back in
 
-            sent, bad = await under_traffic(base, cut_and_heal())
+            sent, bad, how = await under_traffic(base, cut_and_heal())
         finally:
             process.terminate()
             await asyncio.to_thread(process.wait, 20)
@@ -293,7 +301,7 @@ async def partition(cluster: Cluster, database_url: str) -> tuple[bool, str]:
         before, cut, out, back = counts
         passed = bad == 0 and during == 503 and out == cut and back > out
         return passed, (
-            f"{sent} GETs, {bad} failed; its /readyz while cut off: {during}; requests it"
+            f"{sent} GETs, {bad} failed{how}; its /readyz while cut off: {during}; requests it"
             f" served (health checks aside) at the cut {before}, 4 s later {cut}, 7 s later"
             f" {out}, 4 s after the link came back {back}"
         )
