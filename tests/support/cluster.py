@@ -185,7 +185,7 @@ defaults
   # database away) goes to another instance; after the request was sent, only a GET
   retries 3
   option redispatch 1
-  retry-on conn-failure empty-response 503
+  retry-on conn-failure empty-response junk-response 503
   option forwardfor
 
 frontend web
