@@ -258,14 +258,25 @@ class FreshAnswers(Generic[T]):
 
 
 class DatedAnswers(httpx.AsyncBaseTransport):
-    """Under hishel: what each upstream answer says about its age, made explicit."""
+    """Under hishel: what each upstream answer says about its age, made explicit.
 
-    def __init__(self, transport: httpx.AsyncBaseTransport) -> None:
+    Without `keep_unusable` (UPSTREAM_STALE_IF_ERROR is 0), an answer with neither
+    freshness nor a validator is marked `no-store`: it could never be reused nor
+    revalidated, and storing it cost every call against such an upstream (8 clients on
+    the benchmark's: p50 64.5 ms against 55.5 ms with the cache off).
+    """
+
+    def __init__(self, transport: httpx.AsyncBaseTransport, *, keep_unusable: bool) -> None:
         self.transport = transport
+        self.keep_unusable = keep_unusable
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         response = await self.transport.handle_async_request(request)
-        date_answer(response.headers, received=time.time(), status=response.status_code)
+        headers = response.headers
+        date_answer(headers, received=time.time(), status=response.status_code)
+        if not self.keep_unusable and _unusable(headers):
+            control = headers.get("Cache-Control", "")
+            headers["Cache-Control"] = f"{control}, no-store" if control else "no-store"
         return response
 
     async def aclose(self) -> None:
@@ -308,6 +319,15 @@ def _http_date(value: str) -> float | None:
         return email.utils.parsedate_to_datetime(value).timestamp()
     except (TypeError, ValueError, OverflowError):
         return None
+
+
+def _unusable(headers: httpx.Headers) -> bool:
+    """Not fresh as it arrives, and nothing to revalidate it with."""
+    return (
+        "ETag" not in headers
+        and "Last-Modified" not in headers
+        and freshness(headers, now=time.time()).fresh_for == 0
+    )
 
 
 def _explicitly_fresh(headers: httpx.Headers) -> bool:

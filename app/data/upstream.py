@@ -136,7 +136,7 @@ def open_client(
         transport = AiohttpTransport(limits=limits, client=session)
     if storage is not None:
         # a shared cache: what is `private` to one user is never stored for all
-        cached = DatedAnswers(transport)
+        cached = DatedAnswers(transport, keep_unusable=settings.upstream_stale_if_error > 0)
         transport = AsyncCacheTransport(cached, storage, rfc=CacheOptions(shared=True))
     return httpx.AsyncClient(
         transport=transport,
