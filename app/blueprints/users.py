@@ -8,6 +8,7 @@ from __future__ import annotations
 from pydantic import TypeAdapter
 from quart import Blueprint, Response, url_for
 from quart_schema import document_response, tag_blueprint, validate_querystring
+from werkzeug.http import quote_etag
 
 from app import deps
 from app.data.users import (
@@ -49,6 +50,12 @@ def _user(
     return response
 
 
+def _versions_asked(user_id: int) -> tuple[int, ...] | None:
+    """The versions the request's If-Match allows a write to change; None: any."""
+    tags = precondition()
+    return None if tags is None else versions_in(tags, user_id)
+
+
 def _changed_since(row: UserRow | None, user_id: int) -> ApiError:
     """Why a write with If-Match changed nothing: no such user, or not that version."""
     if row is None:
@@ -57,7 +64,7 @@ def _changed_since(row: UserRow | None, user_id: int) -> ApiError:
         412,
         f"User {user_id} has changed since the version your If-Match names;"
         " nothing was changed. GET it again for the current ETag.",
-        headers={"ETag": f'"{etag_of(row)}"'},
+        headers={"ETag": quote_etag(etag_of(row))},
     )
 
 
@@ -88,9 +95,7 @@ async def get_user(user_id: int) -> Response:
     write only that version."""
     async with deps.database().connection() as connection:
         row = await select_user(connection, user_id=user_id)
-    if row is None:
-        raise _not_found(user_id)
-    return conditional(json_response(user_json, row), etag_of(row))
+    return conditional(_user(row, user_id))
 
 
 @blueprint.post("/users")
@@ -116,8 +121,7 @@ async def patch_user(user_id: int, data: UserPatch) -> Response:
     With If-Match, only while the user is still the version that tag names: otherwise
     412 and nothing changes.
     """
-    tags = precondition()
-    versions = None if tags is None else versions_in(tags, user_id)
+    versions = _versions_asked(user_id)
     async with deps.database().connection() as connection:
         changed = await update_user(
             connection, user_id=user_id, name=data.name, email=data.email, versions=versions
@@ -134,8 +138,7 @@ async def patch_user(user_id: int, data: UserPatch) -> Response:
 @problems(404, 412, 503)
 async def remove_user(user_id: int) -> tuple[str, int]:
     """Delete a user; with If-Match, only while it is still the version that tag names."""
-    tags = precondition()
-    versions = None if tags is None else versions_in(tags, user_id)
+    versions = _versions_asked(user_id)
     async with deps.database().connection() as connection:
         deleted = await delete_user(connection, user_id=user_id, versions=versions)
         if not deleted:

@@ -11,7 +11,8 @@ it and fixes what it reads: an answer without `Date` gets the time it arrived (R
 §6.6.1: otherwise it would stay fresh for ever), an `Age` the upstream reports moves
 `Date` back by that much (a CDN's copy is older than its `Date` says), and an answer with
 no explicit freshness gets `max-age=0`, so it is stored and revalidated, never reused
-unchecked. tests/test_upstream_cache.py holds a test for each.
+unchecked (and, when stale-if-error is off, one that cannot be revalidated either is
+not stored at all). tests/test_upstream_cache.py holds a test for each.
 """
 
 from __future__ import annotations
@@ -40,8 +41,9 @@ T = TypeVar("T")
 # the id, the key and the objects' own headers (measured with tracemalloc, rounded up).
 ENTRY_OVERHEAD = 640
 
-# Redis keys of entries no longer fresh go after this long, unless revalidated sooner
-# (which keeps them): a day, so that answers fresh for hours can still be revalidated.
+# Redis entries go this long after they were stored (hishel's storage keeps the expiry
+# when a revalidation updates them): a day, so that answers fresh for hours can still be
+# revalidated.
 REDIS_ENTRY_TTL = 24 * 3600
 REDIS_TIMEOUT = 1.0  # seconds; a Redis that does not answer is a miss, not a stall
 WARN_EVERY = 60.0  # seconds between two warnings that the Redis store fails
@@ -274,8 +276,7 @@ class DatedAnswers(httpx.AsyncBaseTransport):
         headers = response.headers
         date_answer(headers, received=time.time(), status=response.status_code)
         if not self.keep_unusable and _unusable(headers):
-            control = headers.get("Cache-Control", "")
-            headers["Cache-Control"] = f"{control}, no-store" if control else "no-store"
+            _add_directive(headers, "no-store")
         return response
 
     async def aclose(self) -> None:
@@ -301,8 +302,12 @@ def date_answer(headers: httpx.Headers, *, received: float, status: int) -> None
         dated = min(dated, received - int(age))
     headers["Date"] = email.utils.formatdate(dated, usegmt=True)
     if status in HEURISTICALLY_CACHEABLE and not _explicitly_fresh(headers):
-        control = headers.get("Cache-Control", "")
-        headers["Cache-Control"] = f"{control}, max-age=0" if control else "max-age=0"
+        _add_directive(headers, "max-age=0")
+
+
+def _add_directive(headers: httpx.Headers, directive: str) -> None:
+    control = headers.get("Cache-Control", "")
+    headers["Cache-Control"] = f"{control}, {directive}" if control else directive
 
 
 def _date(headers: httpx.Headers | Headers, name: str = "Date") -> float | None:
@@ -380,8 +385,11 @@ def _directives(control: str) -> Mapping[str, str]:
     return MappingProxyType(directives)
 
 
-async def stale_entry(storage: AsyncBaseStorage, key: str, *, within: float) -> Entry | None:
-    """The newest stored 2xx answer for `key` at most `within` seconds stale (RFC 5861)."""
+async def stale_entry(
+    storage: AsyncBaseStorage, key: str, *, within: float
+) -> tuple[Entry, Freshness] | None:
+    """The newest stored 2xx answer for `key` at most `within` seconds stale (RFC 5861),
+    with what its headers say now."""
     now = time.time()
     candidates = []
     for entry in await storage.get_entries(key):
@@ -391,7 +399,5 @@ async def stale_entry(storage: AsyncBaseStorage, key: str, *, within: float) -> 
             and seen.may_serve_stale
             and seen.stale_for <= within
         ):
-            candidates.append((seen.age, entry))
-    if not candidates:
-        return None
-    return min(candidates, key=lambda pair: pair[0])[1]
+            candidates.append((entry, seen))
+    return min(candidates, key=lambda pair: pair[1].age, default=None)

@@ -347,14 +347,16 @@ class Upstream:
 
     async def _stale(self, url: str) -> Fetched[Any] | None:
         assert self.storage is not None
-        entry = await stale_entry(self.storage, url, within=self.stale_if_error)
-        if entry is None or not isinstance(entry.response.stream, AsyncIterator):
+        found = await stale_entry(self.storage, url, within=self.stale_if_error)
+        if found is None:
+            return None
+        entry, seen = found
+        if not isinstance(stream := entry.response.stream, AsyncIterator):
             return None
         try:
-            value = from_json(await _read_chunks(entry.response.stream, self.max_body_bytes))
+            value = from_json(await _read_chunks(stream, self.max_body_bytes))
         except (ValueError, BodyTooLarge):
             return None
-        seen = freshness(entry.response.headers, now=time.time())
         return Fetched(value, age=seen.age, stale=True, cache="stale")
 
     async def _get_with_retries(self, url: str) -> Answer:
@@ -444,9 +446,8 @@ def _cache_key(url: str) -> dict[str, Any]:
     return {"caching": {"key": url}}
 
 
-def _cache_result(caching: Any) -> CacheResult | None:
-    if caching is None:  # UPSTREAM_CACHE=off: no cache under the client
-        return None
+def _cache_result(caching: Any) -> CacheResult:
+    """What hishel's account of an answer (its `caching` extension) says it did."""
     if caching["from_cache"]:
         return "revalidated" if caching["revalidated"] else "hit"
     return "miss"
