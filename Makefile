@@ -3,7 +3,13 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
 PYTHON ?= python3
-VENV := .venv
+# Python 3.11, 3.12 and 3.13 are supported; each gets a virtual environment of its own
+# (.venv-3.13 for PYTHON=python3.13), so switching between them reinstalls nothing.
+PYTHON_VERSION := $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)
+ifeq ($(filter 3.11 3.12 3.13,$(PYTHON_VERSION)),)
+$(error PYTHON=$(PYTHON) is $(if $(PYTHON_VERSION),Python $(PYTHON_VERSION),not found); this project needs Python 3.11, 3.12 or 3.13 (set PYTHON=python3.13, say))
+endif
+VENV := .venv-$(PYTHON_VERSION)
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 DEV_INSTALLED := $(VENV)/.dev-installed
@@ -54,7 +60,7 @@ need_redis = $(call need_package,redis-server,redis-server,the shared write budg
 define database_url
 	if [ -z "$${DATABASE_URL:-}" ]; then \
 	  $(need_mariadbd); \
-	  DATABASE_URL=$$($(PY) -m tests.support.devdb start --dir $(DEV_DB_DIR)) || exit 1; \
+	  DATABASE_URL=$$($(PY) -m tools.devdb start --dir $(DEV_DB_DIR)) || exit 1; \
 	  export DATABASE_URL; \
 	fi
 endef
@@ -75,25 +81,25 @@ db-start: $(INSTALLED)
 	@$(database_url); echo "private MariaDB running (data in $(DEV_DB_DIR))"
 
 # The deployment's topology on one machine: MariaDB, Redis, INSTANCES instances, HAProxy
-# on HOST:PORT (tests/support/cluster.py). The instances stay up until make cluster-stop.
+# on HOST:PORT (tools/cluster.py). The instances stay up until make cluster-stop.
 cluster: $(DEV_INSTALLED)
 	@$(need_mariadbd)
 	@$(need_redis)
 	@$(call need_package,haproxy,haproxy,make cluster needs Debian's haproxy (sudo apt-get install haproxy))
-	$(PY) -m tests.support.cluster start
+	$(PY) -m tools.cluster start
 
 cluster-stop: $(DEV_INSTALLED)
-	$(PY) -m tests.support.cluster stop
+	$(PY) -m tools.cluster stop
 
 # The SPEC's drills on a cluster of their own (ports of their own, state in .run/drill).
 cluster-drill: $(DEV_INSTALLED)
 	@$(need_mariadbd)
 	@$(need_redis)
 	@$(call need_package,haproxy,haproxy,make cluster-drill needs Debian's haproxy (sudo apt-get install haproxy))
-	$(PY) -m tests.support.drill
+	$(PY) -m tools.drill
 
 db-stop: $(INSTALLED)
-	$(PY) -m tests.support.devdb stop --dir $(DEV_DB_DIR)
+	$(PY) -m tools.devdb stop --dir $(DEV_DB_DIR)
 
 lint: $(DEV_INSTALLED)
 	$(VENV)/bin/ruff check .
@@ -132,15 +138,18 @@ soak: $(BENCH_INSTALLED)
 	$(PY) -m bench.soak $(SOAK_ARGS)
 
 # Re-pin every dependency (with hashes) after editing pyproject.toml: the dev set first (it
-# holds the runtime set), then the runtime and bench sets pinned to the same versions.
+# holds the runtime set), then the runtime and bench sets pinned to the same versions. One
+# lock serves every supported Python, each package at one version for all of them where it
+# can be (--universal, --fork-strategy fewest: quart 0.23 would need 3.13).
+# Pins stay where they are unless asked: make lock LOCK_ARGS=--upgrade takes every newest.
 lock:
 	@test -x .run/uv/bin/uv || { $(PYTHON) -m venv .run/uv && .run/uv/bin/pip install --quiet uv==$(UV_VERSION); }
-	.run/uv/bin/uv pip compile pyproject.toml --group dev --generate-hashes --python-version 3.11 \
+	.run/uv/bin/uv pip compile pyproject.toml --group dev --generate-hashes --universal --fork-strategy fewest --python-version 3.11 $(LOCK_ARGS) \
 	  --no-header --quiet -o requirements-dev.lock
-	.run/uv/bin/uv pip compile pyproject.toml --generate-hashes --python-version 3.11 \
+	.run/uv/bin/uv pip compile pyproject.toml --generate-hashes --universal --fork-strategy fewest --python-version 3.11 $(LOCK_ARGS) \
 	  --constraint requirements-dev.lock --no-header --quiet -o requirements.lock
-	.run/uv/bin/uv pip compile pyproject.toml --group bench --generate-hashes --python-version 3.11 \
+	.run/uv/bin/uv pip compile pyproject.toml --group bench --generate-hashes --universal --fork-strategy fewest --python-version 3.11 $(LOCK_ARGS) \
 	  --constraint requirements-dev.lock --no-header --quiet -o requirements-bench.lock
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf .venv-3.* .pytest_cache .mypy_cache .ruff_cache

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -14,8 +15,11 @@ from pydantic import (
     model_validator,
 )
 
-# pydantic needs typing_extensions' TypedDict before Python 3.12
-from typing_extensions import TypedDict
+
+if sys.version_info >= (3, 12):
+    from typing import TypedDict
+else:  # pydantic refuses typing.TypedDict before 3.12; quart-schema needs typing's after
+    from typing_extensions import TypedDict
 
 from app.data.upstream import FailureCode, Post
 from app.data.users import User

@@ -41,8 +41,8 @@ from bench.run import (
     seed,
     start_server,
 )
-from tests.support.devdb import PrivateMariaDB
-from tests.support.processes import free_port
+from tools.devdb import PrivateMariaDB
+from tools.ports import free_port
 
 APPS = (OURS, LIKE_FOR_LIKE, CACHED, "fastapi", FLOOR, SAME_APP_ON_UVICORN)
 AT_ONCE = 8

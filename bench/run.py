@@ -31,8 +31,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.support.devdb import PrivateMariaDB
-from tests.support.processes import free_port
+from tools.devdb import PrivateMariaDB
+from tools.ports import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"

@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 from bench.run import REPO, RESULTS, Upstream, seed, start_server, wrk
-from tests.support.devdb import PrivateMariaDB
-from tests.support.processes import free_port
+from tools.devdb import PrivateMariaDB
+from tools.ports import free_port
 
 TOKEN = "soak-token"  # noqa: S105 (a throwaway token for a loopback-only run)
 

@@ -23,10 +23,11 @@ from app import create_app
 from app.data.database import connect
 from app.data.migrate import migrate
 from app.settings import Settings
-from tests.support.devdb import PrivateMariaDB
-from tests.support.processes import Service, free_port, running_service, upstream_stub
+from tests.support.processes import Service, running_service, upstream_stub
 from tests.support.redis import private_redis
 from tests.support.settings import E2E_TOKEN, TOKEN, make_settings
+from tools.devdb import PrivateMariaDB
+from tools.ports import free_port
 
 
 @pytest.fixture(scope="session")

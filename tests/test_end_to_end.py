@@ -15,11 +15,11 @@ import pytest
 from tests.support.factories import insert_user
 from tests.support.processes import (
     Service,
-    free_port,
     running_service,
     serve_command,
     upstream_stub,
 )
+from tools.ports import free_port
 
 pytestmark = pytest.mark.e2e
 

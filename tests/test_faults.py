@@ -17,9 +17,10 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.devdb import PrivateMariaDB
-from tests.support.processes import Service, clean_environ, free_port, running_service
+from tests.support.processes import Service, clean_environ, running_service
 from tests.support.settings import E2E_TOKEN
+from tools.devdb import PrivateMariaDB
+from tools.ports import free_port
 
 pytestmark = pytest.mark.e2e
 

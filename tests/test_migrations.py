@@ -18,8 +18,8 @@ from pydantic import MySQLDsn, TypeAdapter
 from app import create_app
 from app.data.database import connect
 from app.data.migrate import MIGRATIONS_DIR, MigrationError, load_migrations, migrate
-from tests.support.devdb import DevDBError, PrivateMariaDB
 from tests.support.settings import make_settings
+from tools.devdb import DevDBError, PrivateMariaDB
 
 
 @pytest.fixture

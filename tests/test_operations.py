@@ -20,9 +20,10 @@ from quart.testing import QuartClient
 from app import create_app
 from app.telemetry.loop_monitor import LoopMonitor
 from app.web.proxies import _parse_forwarded
-from tests.support.processes import clean_environ, free_port
+from tests.support.processes import clean_environ
 from tests.support.settings import UPSTREAM, make_settings
 from tests.support.upstream_mock import mock_answer
+from tools.ports import free_port
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

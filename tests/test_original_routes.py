@@ -13,8 +13,8 @@ from quart.testing import QuartClient
 
 from app import create_app
 from tests.support.factories import insert_user, insert_users
-from tests.support.processes import free_port
 from tests.support.settings import UPSTREAM, make_settings
+from tools.ports import free_port
 
 RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?Z$")
 

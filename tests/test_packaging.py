@@ -11,7 +11,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.processes import REPO, clean_environ, free_port, wait_until_answering
+from tests.support.processes import clean_environ, wait_until_answering
+from tools import REPO
+from tools.ports import free_port
 
 pytestmark = pytest.mark.e2e
 

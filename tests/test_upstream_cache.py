@@ -23,8 +23,8 @@ from app.data.http_cache import (
     open_storage,
 )
 from app.data.upstream import Upstream, UpstreamError, open_client
-from tests.support.processes import free_port
 from tests.support.settings import make_settings
+from tools.ports import free_port
 
 BASE = "http://upstream.test"
 URL = f"{BASE}/posts/7"

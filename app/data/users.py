@@ -9,6 +9,7 @@ about 110 us more for 50 users). Adding a column: see "Add a column" in the READ
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Iterator
 from typing import Annotated
 
@@ -16,8 +17,11 @@ import asyncmy
 from asyncmy.cursors import DictCursor
 from pydantic import Field
 
-# pydantic needs typing_extensions' TypedDict before Python 3.12
-from typing_extensions import TypedDict
+if sys.version_info >= (3, 12):
+    from typing import TypedDict
+else:  # pydantic refuses typing.TypedDict before 3.12; quart-schema needs typing's after
+    from typing_extensions import TypedDict
+
 
 RFC3339 = {"format": "date-time"}
 

@@ -19,6 +19,7 @@ import logging
 import math
 import time
 
+import redis.asyncio
 from limits import RateLimitItem, parse
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import MovingWindowRateLimiter
@@ -35,18 +36,27 @@ WARN_EVERY = 60.0
 log = logging.getLogger(__name__)
 
 
-def open_storage(url: str) -> Storage:
-    if url.startswith("redis://"):
-        # limits' asyncio Redis storage (coredis): its scheme is async+redis
-        return RedisStorage(f"async+{url}")
-    return MemoryStorage()
-
-
 class WriteBudget:
     def __init__(self, limit: str, storage_url: str) -> None:
         self.limit: RateLimitItem = parse(limit)
-        self.limiter = MovingWindowRateLimiter(open_storage(storage_url))
+        storage: Storage = MemoryStorage()
+        # Ours to close when serving stops (limits never closes what it opens).
+        self._redis_pool: redis.asyncio.ConnectionPool | None = None
+        if storage_url.startswith("redis://"):
+            # on redis-py, the client hishel's storage uses too
+            self._redis_pool = redis.asyncio.ConnectionPool.from_url(storage_url)
+            storage = RedisStorage(
+                f"async+{storage_url}",
+                implementation="redispy",
+                # documented by limits; its type annotation leaves it out
+                connection_pool=self._redis_pool,  # type: ignore[arg-type]
+            )
+        self.limiter = MovingWindowRateLimiter(storage)
         self._warned_at = -math.inf
+
+    async def close(self) -> None:
+        if self._redis_pool is not None:
+            await self._redis_pool.aclose()
 
     async def spend(self) -> None:
         """Count a write against its client's budget; 429 with Retry-After when it is spent."""
@@ -80,4 +90,6 @@ class WriteBudget:
 
 
 def register_write_budget(app: Quart, limit: str, storage_url: str) -> None:
-    app.before_request(WriteBudget(limit, storage_url).spend)
+    budget = WriteBudget(limit, storage_url)
+    app.before_request(budget.spend)
+    app.after_serving(budget.close)

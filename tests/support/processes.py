@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,17 +16,11 @@ from typing import Any
 import httpx
 
 from app.settings import Settings
+from tools import REPO
+from tools.ports import free_port
 
-REPO = Path(__file__).resolve().parents[2]
 # Variables a developer's shell may hold that would change what the tests see.
 SETTINGS_VARIABLES = frozenset(name.upper() for name in Settings.model_fields)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def clean_environ(**settings: str) -> dict[str, str]:

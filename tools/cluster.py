@@ -1,14 +1,14 @@
 """`make cluster`: the deployment's topology on one machine, from Debian's packages.
 
-The private MariaDB (tests.support.devdb), one migration run, a private redis-server for
+The private MariaDB (tools.devdb), one migration run, a private redis-server for
 the write budget (loopback, a password, nothing on disk), N instances of the service on
 their own ports (MIGRATE_ON_START=false, the balancer as their trusted proxy), and HAProxy
 in front on HOST:PORT, health-checking `/readyz` and retrying a request whose connection
 failed on another instance. Everything listens on 127.0.0.1; state, logs and pid files
 live under .run/cluster/.
 
-    python -m tests.support.cluster start [--instances 3]   # prints what runs where
-    python -m tests.support.cluster stop                    # the MariaDB stays (make db-stop)
+    python -m tools.cluster start [--instances 3]   # prints what runs where
+    python -m tools.cluster stop                    # the MariaDB stays (make db-stop)
 """
 
 from __future__ import annotations
@@ -27,8 +27,9 @@ from pathlib import Path
 
 import httpx
 
-from tests.support.devdb import PrivateMariaDB, port_taken
-from tests.support.processes import REPO
+from tools import REPO
+from tools.devdb import PrivateMariaDB
+from tools.ports import port_taken
 
 CLUSTER_DIR = REPO / ".run" / "cluster"
 

@@ -5,8 +5,8 @@ own data directory, socket, pid file and log under one folder, listening on 127.
 only, never the system service. Starting it when it already runs does nothing, and it
 outlives `make run` so the next one starts at once; `make db-stop` stops it.
 
-    python -m tests.support.devdb start [--dir .run/mariadb] [--port 3307]   # prints DATABASE_URL
-    python -m tests.support.devdb stop  [--dir .run/mariadb]
+    python -m tools.devdb start [--dir .run/mariadb] [--port 3307]   # prints DATABASE_URL
+    python -m tools.devdb stop  [--dir .run/mariadb]
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import asyncmy
+
+from tools.ports import port_taken
 
 START_TIMEOUT = 30.0
 INSTALL_HINT = (
@@ -36,17 +37,6 @@ INSTALL_HINT = (
 
 class DevDBError(RuntimeError):
     pass
-
-
-def port_taken(port: int) -> bool:
-    with socket.socket() as probe:
-        # a port in TIME_WAIT after our own server stopped is free to take again
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return True
-    return False
 
 
 def _find(program: str) -> str | None:
@@ -232,7 +222,7 @@ class PrivateMariaDB:
 
 def main() -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m tests.support.devdb", description=__doc__.splitlines()[0]
+        prog="python -m tools.devdb", description=__doc__.splitlines()[0]
     )
     parser.add_argument("action", choices=["start", "stop", "url"])
     parser.add_argument("--dir", type=Path, default=Path(".run/mariadb"))

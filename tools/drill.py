@@ -30,9 +30,10 @@ from collections.abc import Awaitable
 
 import httpx
 
-from tests.support.cluster import Cluster, read_pid
-from tests.support.devdb import PrivateMariaDB
-from tests.support.processes import REPO, free_port
+from tools import REPO
+from tools.cluster import Cluster, read_pid
+from tools.devdb import PrivateMariaDB
+from tools.ports import free_port
 
 BUDGET = 30
 
