@@ -17,13 +17,14 @@ UV_VERSION := 0.13.8
 DEV_DB_DIR := .run/mariadb
 export DEV_DB_PORT ?= 3307
 
-.PHONY: help run test migrate lint format bench bench-quick bench-instructions soak db-start db-stop lock clean cluster cluster-stop cluster-drill
+.PHONY: help run test migrate openapi lint format bench bench-quick bench-instructions soak db-start db-stop lock clean cluster cluster-stop cluster-drill
 
 help:
 	@echo "make run      serve the app on http://$${HOST:-127.0.0.1}:$${PORT:-8000} (docs at /docs)"
 	@echo "make test     run the whole test suite against a real MariaDB"
 	@echo "make migrate  apply pending migrations    make lint   ruff + mypy"
 	@echo "make db-stop  stop the private MariaDB    make lock   re-pin the lock files"
+	@echo "make openapi  rewrite docs/openapi.json, the committed API contract, from the code"
 	@echo "make cluster  MariaDB, Redis, 3 instances and HAProxy on HOST:PORT (make cluster-stop;"
 	@echo "              make cluster-drill: rolling restart, SIGKILL, budget, forged headers, store down)"
 	@echo "make bench    this service against Flask and FastAPI (make bench-quick: ~2 min;"
@@ -37,6 +38,14 @@ $(INSTALLED): requirements.lock
 
 $(DEV_INSTALLED): $(INSTALLED) requirements-dev.lock
 	$(VENV)/bin/pip install --quiet --require-hashes --no-deps -r requirements-dev.lock
+	@touch $@
+
+# The API consumers' own tools (Redocly, Spectral, openapi-typescript, TypeScript), pinned
+# by tools/npm/package-lock.json; make test checks the OpenAPI document with them.
+NPM_INSTALLED := tools/npm/node_modules/.installed
+$(NPM_INSTALLED): tools/npm/package-lock.json
+	@$(call need_package,npm,npm,the OpenAPI checks need Node.js 20 or later and npm (sudo apt-get install npm))
+	cd tools/npm && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
 	@touch $@
 
 # Debian packages, installed with apt-get when missing and we are root:
@@ -68,7 +77,7 @@ endef
 run: $(INSTALLED)
 	@$(database_url); exec $(PY) -m app
 
-test: $(DEV_INSTALLED)
+test: $(DEV_INSTALLED) $(NPM_INSTALLED)
 	@$(need_mariadbd)
 	@$(need_chromium)
 	@$(need_redis)
@@ -76,6 +85,10 @@ test: $(DEV_INSTALLED)
 
 migrate: $(INSTALLED)
 	@$(database_url); exec $(PY) -m app.migrate
+
+# The API contract under version control: rewrite it after changing a route or a model.
+openapi: $(INSTALLED)
+	$(PY) -m tools.openapi
 
 db-start: $(INSTALLED)
 	@$(database_url); echo "private MariaDB running (data in $(DEV_DB_DIR))"
@@ -152,4 +165,4 @@ lock:
 	  --constraint requirements-dev.lock --no-header --quiet -o requirements-bench.lock
 
 clean:
-	rm -rf .venv-3.* .pytest_cache .mypy_cache .ruff_cache
+	rm -rf .venv-3.* tools/npm/node_modules .pytest_cache .mypy_cache .ruff_cache

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import Annotated, Any, Literal
 
+from email_validator import SPECIAL_USE_DOMAIN_NAMES
 from pydantic import (
     BaseModel,
     ConfigDict,
     EmailStr,
     Field,
     StringConstraints,
+    TypeAdapter,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
-
 
 if sys.version_info >= (3, 12):
     from typing import TypedDict
@@ -36,8 +39,75 @@ UPSTREAM_STATUS: dict[FailureCode, int] = {
 }
 
 
-Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
-Email = Annotated[EmailStr, StringConstraints(max_length=254)]
+# What pydantic's strip_whitespace removes (Unicode's White_Space, as Rust's trim() has it),
+# spelled out as a regular-expression class, so that the document's pattern trims exactly
+# the characters the server trims. Neither ECMAScript's \s (it adds U+FEFF) nor Python's
+# str.isspace() (it adds U+001C to U+001F) is that set.
+def _character_class(codes: list[int]) -> str:
+    """`codes` as the inside of a regular-expression class, runs as ranges (\\u2000-\\u200a)."""
+    runs: list[list[int]] = []
+    for code in codes:
+        if runs and code == runs[-1][1] + 1:
+            runs[-1][1] = code
+        else:
+            runs.append([code, code])
+    return "".join(
+        f"\\u{first:04x}" + (f"-\\u{last:04x}" if last > first else "") for first, last in runs
+    )
+
+
+def _stripped_by_the_server() -> list[int]:
+    trim = TypeAdapter(Annotated[str, StringConstraints(strip_whitespace=True)])
+    # U+3000 is the highest code point with the White_Space property.
+    return [code for code in range(0x3001) if trim.validate_python(chr(code)) == ""]
+
+
+STRIPPED = _character_class(_stripped_by_the_server())
+MAX_NAME = 100
+# Trimmed, 1 to MAX_NAME characters: the first and last kept characters are not stripped,
+# and at most MAX_NAME - 2 of any kind lie between them.
+NAME_PATTERN = (
+    f"^[{STRIPPED}]*[^{STRIPPED}](?:[\\s\\S]{{0,{MAX_NAME - 2}}}[^{STRIPPED}])?[{STRIPPED}]*$"
+)
+Name = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_NAME),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": NAME_PATTERN,
+            "description": f"trimmed of surrounding whitespace, then 1 to {MAX_NAME} characters",
+        }
+    ),
+]
+
+MAX_EMAIL = 254
+# email-validator refuses addresses at these special-use domains (RFC 6761 and others);
+# the document rules them out with the same list (email_validator.SPECIAL_USE_DOMAIN_NAMES).
+SPECIAL_USE_DOMAINS = tuple(SPECIAL_USE_DOMAIN_NAMES)
+SPECIAL_USE_PATTERN = (
+    "[@.](?:"
+    # JSON Schema patterns take no flags: each letter in either case
+    + "|".join(
+        "".join(f"[{c}{c.upper()}]" if c.isalpha() else re.escape(c) for c in name)
+        for name in SPECIAL_USE_DOMAINS
+    )
+    + ")$"
+)
+Email = Annotated[
+    EmailStr,
+    StringConstraints(max_length=MAX_EMAIL),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "format": "email",
+            "maxLength": MAX_EMAIL,
+            "not": {"pattern": SPECIAL_USE_PATTERN},
+            "description": "an address at a domain that is not for special use"
+            f" ({', '.join(SPECIAL_USE_DOMAINS)}); unique, whatever its case",
+        }
+    ),
+]
 
 
 # --- problems -------------------------------------------------------------------------
@@ -63,6 +133,20 @@ class ValidationProblem(Problem):
     """A request that is not of the documented shape: each bad field in `errors`."""
 
     errors: list[FieldError]
+
+
+class RetryAfterHeaders(BaseModel):
+    retry_after: int = Field(alias="Retry-After", ge=0, description="seconds to wait first")
+
+
+class ChallengeHeaders(BaseModel):
+    www_authenticate: Literal["Bearer"] = Field(
+        alias="WWW-Authenticate", description="the scheme a write needs"
+    )
+
+
+class CurrentTagHeaders(BaseModel):
+    etag: str = Field(alias="ETag", description="the current version's strong tag")
 
 
 class UpstreamFailure(BaseModel):
@@ -101,9 +185,15 @@ class PostError(BaseModel):
     detail: str
 
 
+# Answers: a field with a default is still always written, so the document marks it required.
+ANSWER = ConfigDict(json_schema_serialization_defaults_required=True)
+
+
 class PostFetched(BaseModel):
+    model_config = ANSWER
+
     id: int
-    ok: Literal[True] = True
+    ok: Literal[True]
     post: Post
     stale: bool = Field(
         default=False,
@@ -113,8 +203,10 @@ class PostFetched(BaseModel):
 
 
 class PostFailed(BaseModel):
+    model_config = ANSWER
+
     id: int
-    ok: Literal[False] = False
+    ok: Literal[False]
     error: PostError
 
 
@@ -125,33 +217,22 @@ class PostBatch(BaseModel):
     elapsed_ms: float = Field(description="time spent fetching, in milliseconds")
 
 
+# One id: a positive integer, leading zeros allowed; spaces may surround each.
+POST_ID = "0*[1-9][0-9]*"
+IDS_PATTERN = f"^ *{POST_ID} *(?:, *{POST_ID} *){{0,{MAX_BATCH_IDS - 1}}}$"
+
+
 class PostsQuery(BaseModel):
+    # The pattern is the whole rule, for the server and the document alike.
     ids: str = Field(
+        pattern=IDS_PATTERN,
         description=f"1 to {MAX_BATCH_IDS} positive integer ids, comma-separated",
         examples=["1,2,3"],
     )
 
-    @field_validator("ids")
-    @classmethod
-    def _ids(cls, value: str) -> str:
-        parse_ids(value)
-        return value
-
     @property
     def id_list(self) -> list[int]:
-        return parse_ids(self.ids)
-
-
-def parse_ids(value: str) -> list[int]:
-    parts = [part.strip() for part in value.split(",")]
-    if not all(part.isascii() and part.isdigit() for part in parts):
-        raise ValueError("ids must be positive integers, comma-separated")
-    ids = [int(part) for part in parts]
-    if not 1 <= len(ids) <= MAX_BATCH_IDS:
-        raise ValueError(f"give 1 to {MAX_BATCH_IDS} ids")
-    if any(post_id < 1 for post_id in ids):
-        raise ValueError("ids must be positive")
-    return ids
+        return [int(part) for part in self.ids.split(",")]
 
 
 # --- users ----------------------------------------------------------------------------
@@ -163,6 +244,10 @@ class UserHeaders(BaseModel):
         description="strong; changes with every write. If-None-Match for a 304,"
         " If-Match on PATCH or DELETE to change only this version",
     )
+
+
+class CreatedHeaders(UserHeaders):
+    location: str = Field(alias="Location", description="the new user's address")
 
 
 class UserPage(TypedDict):
@@ -181,17 +266,25 @@ class UsersQuery(BaseModel):
 class UserCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: Name = Field(examples=["Ada Lovelace"], description="trimmed; 1 to 100 characters")
-    email: Email = Field(examples=["ada@example.com"], description="unique, whatever its case")
+    name: Name = Field(examples=["Ada Lovelace"])
+    email: Email = Field(examples=["ada@example.com"])
+
+
+def _left_out_not_null(schema: dict[str, Any]) -> None:
+    """The field's schema without its null and its default: None only stands for "left
+    out", and a null is refused."""
+    schema.pop("default", None)
+    (value,) = [choice for choice in schema.pop("anyOf") if choice.get("type") != "null"]
+    schema.update(value)
 
 
 class UserPatch(BaseModel):
-    """Any of `name` and `email`; at least one."""
+    """Any of `name` and `email`, at least one; a field left out keeps its value."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"minProperties": 1})
 
-    name: Name | None = Field(default=None, description="trimmed; 1 to 100 characters")
-    email: Email | None = Field(default=None, description="unique, whatever its case")
+    name: Name | None = Field(default=None, json_schema_extra=_left_out_not_null)
+    email: Email | None = Field(default=None, json_schema_extra=_left_out_not_null)
 
     @field_validator("name", "email", mode="before")
     @classmethod
@@ -208,8 +301,12 @@ class UserPatch(BaseModel):
 
 
 class Health(BaseModel):
+    model_config = ANSWER
+
     status: Literal["ok"] = "ok"
 
 
 class Readiness(BaseModel):
+    model_config = ANSWER
+
     status: Literal["ready"] = "ready"

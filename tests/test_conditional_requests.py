@@ -110,6 +110,28 @@ async def test_a_weak_or_foreign_tag_never_matches_if_match(
     assert (weak.status_code, foreign.status_code, missing.status_code) == (412, 412, 404)
 
 
+async def test_an_if_match_of_empty_or_odd_tags_is_412_never_500(
+    api: QuartClient, db: asyncmy.Connection
+) -> None:
+    user_id = await insert_user(db, name="Ada", email="ada@example.com")
+    odd = ['"", W/"x"', '""', f'"{user_id}.\u00b2"', f'"{user_id}.', "no quotes at all"]
+
+    patches = [
+        await api.patch(
+            f"/api/v1/users/{user_id}", json={"name": "X"}, headers={**AUTH, "If-Match": value}
+        )
+        for value in odd
+    ]
+    deletes = [
+        await api.delete(f"/api/v1/users/{user_id}", headers={**AUTH, "If-Match": value})
+        for value in odd
+    ]
+    after = await api.get(f"/api/v1/users/{user_id}")
+
+    assert [answer.status_code for answer in patches + deletes] == [412] * 2 * len(odd)
+    assert (await after.get_json())["name"] == "Ada"
+
+
 async def test_two_editors_with_the_same_tag_one_wins_the_other_gets_412(
     api: QuartClient, db: asyncmy.Connection
 ) -> None:

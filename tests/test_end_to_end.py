@@ -19,6 +19,7 @@ from tests.support.processes import (
     serve_command,
     upstream_stub,
 )
+from tests.support.settings import E2E_TOKEN
 from tools.ports import free_port
 
 pytestmark = pytest.mark.e2e
@@ -66,6 +67,25 @@ async def test_errors_are_problem_json(
     assert response.status_code == status
     assert response.headers["content-type"] == "application/problem+json"
     assert response.json()["status"] == status
+
+
+async def test_answers_without_a_body_carry_no_content_type(
+    http: httpx.AsyncClient, db: asyncmy.Connection
+) -> None:
+    auth = {"Authorization": f"Bearer {E2E_TOKEN}"}
+    created = await http.post(
+        "/api/v1/users", json={"name": "Ada", "email": "ada@example.com"}, headers=auth
+    )
+    location, tag = created.headers["Location"], created.headers["ETag"]
+
+    not_modified = await http.get(location, headers={"If-None-Match": tag})
+    deleted = await http.delete(location, headers=auth)
+
+    assert (not_modified.status_code, deleted.status_code) == (304, 204)
+    for answer in (not_modified, deleted):
+        assert answer.content == b""
+        assert "Content-Type" not in answer.headers  # no body, so no type (RFC 9110 8.3)
+    assert "Content-Length" not in deleted.headers  # never on a 204 (RFC 9110 8.6)
 
 
 async def test_the_json_log_line_carries_the_request_id(

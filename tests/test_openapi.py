@@ -85,11 +85,11 @@ def test_the_documented_failures_are_the_specs(spec: dict[str, Any]) -> None:
     assert statuses[("get", "/api/v1/posts")] == {200, 422}
     assert statuses[("get", "/api/v1/users")] == {200, 422, 503}
     assert statuses[("get", "/api/v1/users/{user_id}")] == {200, 304, 404, 503}
-    assert statuses[("post", "/api/v1/users")] == {201, 400, 401, 409, 413, 415, 422, 503}
+    assert statuses[("post", "/api/v1/users")] == {201, 400, 401, 409, 413, 415, 422, 429, 503}
     assert statuses[("patch", "/api/v1/users/{user_id}")] == {
-        200, 400, 401, 404, 409, 412, 413, 415, 422, 503,
+        200, 400, 401, 404, 409, 412, 413, 415, 422, 429, 503,
     }  # fmt: skip
-    assert statuses[("delete", "/api/v1/users/{user_id}")] == {204, 401, 404, 412, 503}
+    assert statuses[("delete", "/api/v1/users/{user_id}")] == {204, 401, 404, 412, 429, 503}
     assert statuses[("get", "/")] == {200, 502, 504}
     assert statuses[("get", "/db")] == {200, 503}
     assert statuses[("get", "/healthz")] == {200}
@@ -97,28 +97,73 @@ def test_the_documented_failures_are_the_specs(spec: dict[str, Any]) -> None:
     assert statuses[("get", "/metrics")] == {200}
 
 
-def test_the_single_resource_reads_document_their_validators(spec: dict[str, Any]) -> None:
+def headers_of(response: dict[str, Any]) -> dict[str, bool]:
+    return {name: header["required"] for name, header in response.get("headers", {}).items()}
+
+
+def test_every_answer_declares_the_headers_it_carries(spec: dict[str, Any]) -> None:
     operations = documented_operations(spec)
-    post = operations[("get", "/api/v1/posts/{post_id}")]["responses"]["200"]["headers"]
-    user = operations[("get", "/api/v1/users/{user_id}")]["responses"]["200"]["headers"]
+    post = operations[("get", "/api/v1/posts/{post_id}")]["responses"]
+    get_user = operations[("get", "/api/v1/users/{user_id}")]["responses"]
+    create = operations[("post", "/api/v1/users")]["responses"]
+    patch = operations[("patch", "/api/v1/users/{user_id}")]["responses"]
+    cached = {"ETag": True, "Cache-Control": True, "Age": False, "Cache-Status": False}
 
-    assert {name: header["required"] for name, header in post.items()} == {
-        "ETag": True, "Cache-Control": True, "Age": False, "Cache-Status": False,
-    }  # fmt: skip
-    assert list(user) == ["ETag"]
-    assert all(header["description"] for header in [*post.values(), *user.values()])
+    assert headers_of(post["200"]) == headers_of(post["304"]) == {**cached, "X-Request-ID": True}
+    assert headers_of(get_user["200"]) == headers_of(get_user["304"])
+    assert headers_of(get_user["200"]) == {"ETag": True, "X-Request-ID": True}
+    assert headers_of(create["201"]) == {"ETag": True, "Location": True, "X-Request-ID": True}
+    assert headers_of(patch["412"]) == {"ETag": True, "X-Request-ID": True}
+    assert headers_of(patch["401"]) == {"WWW-Authenticate": True, "X-Request-ID": True}
+    assert headers_of(patch["429"]) == {"Retry-After": True, "X-Request-ID": True}
+    assert headers_of(patch["503"]) == {"Retry-After": True, "X-Request-ID": True}
+    for (method, path), operation in operations.items():
+        for status, response in operation["responses"].items():
+            assert headers_of(response)["X-Request-ID"], f"{method} {path} {status}"
+            assert all(header["description"] for header in response["headers"].values())
 
 
-def test_writes_declare_the_bearer_scheme_and_reads_do_not(spec: dict[str, Any]) -> None:
+def test_the_request_headers_read_are_parameters(spec: dict[str, Any]) -> None:
+    def headers(operation: dict[str, Any]) -> list[str]:
+        return [p["name"] for p in operation["parameters"] if p["in"] == "header"]
+
+    operations = documented_operations(spec)
+    conditional_get = ["If-None-Match", "X-Request-ID"]
+    conditional_write = ["If-Match", "X-Request-ID"]
+
+    assert headers(operations[("get", "/api/v1/posts/{post_id}")]) == conditional_get
+    assert headers(operations[("get", "/api/v1/users/{user_id}")]) == conditional_get
+    assert headers(operations[("patch", "/api/v1/users/{user_id}")]) == conditional_write
+    assert headers(operations[("delete", "/api/v1/users/{user_id}")]) == conditional_write
+    assert all("X-Request-ID" in headers(operation) for operation in operations.values())
+
+
+def test_writes_declare_the_bearer_scheme_and_reads_say_they_need_none(
+    spec: dict[str, Any],
+) -> None:
     assert spec["components"]["securitySchemes"]["bearerAuth"] == {
         "type": "http",
         "scheme": "bearer",
     }
     for (method, path), operation in documented_operations(spec).items():
-        if method in WRITES:
-            assert operation.get("security") == [{"bearerAuth": []}], f"{method} {path}"
-        else:
-            assert "security" not in operation, f"{method} {path}"
+        expected: list[dict[str, list[str]]] = [{"bearerAuth": []}] if method in WRITES else []
+        assert operation["security"] == expected, f"{method} {path}"
+
+
+def test_operations_are_described_in_whole_sentences(spec: dict[str, Any]) -> None:
+    operations = documented_operations(spec).values()
+    ids = [operation["operationId"] for operation in operations]
+
+    assert len(set(ids)) == len(ids)
+    for operation in operations:
+        assert operation["summary"][0].isupper(), operation["operationId"]
+        assert operation["summary"].endswith("."), operation["operationId"]
+        assert operation["description"].strip().endswith("."), operation["operationId"]
+    tags = {tag["name"]: tag["description"] for tag in spec["tags"]}
+    assert set(tags) == {tag for operation in operations for tag in operation["tags"]}
+    assert all(tags.values())
+    assert spec["servers"] == [{"url": "/", "description": "this service"}]
+    assert spec["info"]["license"] == {"name": "MIT", "identifier": "MIT"}
 
 
 def test_request_and_query_schemas_are_documented(spec: dict[str, Any]) -> None:
@@ -133,11 +178,10 @@ def test_request_and_query_schemas_are_documented(spec: dict[str, Any]) -> None:
     assert schema["additionalProperties"] is False
 
     batch = operations[("get", "/api/v1/posts")]
-    assert [(p["name"], p["in"], p["required"]) for p in batch["parameters"]] == [
-        ("ids", "query", True)
-    ]
-    paging = {p["name"] for p in operations[("get", "/api/v1/users")]["parameters"]}
-    assert paging == {"limit", "after"}
+    query = [p for p in batch["parameters"] if p["in"] == "query"]
+    assert [(p["name"], p["required"]) for p in query] == [("ids", True)]
+    users = operations[("get", "/api/v1/users")]["parameters"]
+    assert {p["name"] for p in users if p["in"] == "query"} == {"limit", "after"}
 
 
 async def test_no_secret_reaches_the_document(migrated: str) -> None:

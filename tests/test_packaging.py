@@ -1,5 +1,6 @@
 """The service as a deployer installs it: the wheel in a fresh venv outside the checkout,
-with only the runtime lock, migrates a database and serves from there."""
+with only the runtime lock, migrates a database and serves from there, through the
+console scripts the wheel installs (`python -m app` is what the other tests run)."""
 
 from __future__ import annotations
 
@@ -62,13 +63,15 @@ def test_the_wheel_alone_migrates_and_serves(tmp_path: Path, database_url: str) 
         "asyncio.run(main())",
         admin, cwd=tmp_path,
     )  # fmt: skip
+    scripts = tmp_path / "venv" / "bin"
     migrated = subprocess.run(
-        [python, "-m", "app.migrate"], cwd=tmp_path, capture_output=True, text=True,
+        [scripts / "quart-async-demo-migrate"], cwd=tmp_path, capture_output=True, text=True,
         timeout=60, check=False, env=clean_environ(PYTHONPATH="", DATABASE_URL=database),
     )  # fmt: skip
     port = free_port()
     service = subprocess.Popen(
-        [python, "-m", "app"], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [scripts / "quart-async-demo"], cwd=tmp_path,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         env=clean_environ(
             PYTHONPATH="", DATABASE_URL=database, PORT=str(port), MIGRATE_ON_START="false"
         ),

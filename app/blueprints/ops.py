@@ -24,7 +24,10 @@ tag_blueprint(blueprint, ["operations"])
 @blueprint.get("/healthz")
 @validate_response(Health, 200)
 async def healthz() -> Health:
-    """200 while the process serves; says nothing about the database (see /readyz)."""
+    """Say whether the process serves.
+
+    200 while the process serves; it says nothing about the database (see /readyz).
+    """
     return Health()
 
 
@@ -32,9 +35,12 @@ async def healthz() -> Health:
 @validate_response(Readiness, 200)
 @problems(503)
 async def readyz() -> Readiness:
-    """200 when the database answers a ping within a second and has every migration this
-    version needs; 503 when it does not answer, or with `code: schema_behind` when it lacks
-    a migration."""
+    """Say whether this instance can serve requests that need the database.
+
+    200 when the database answers a ping within a second and has every migration this
+    version needs; 503 when it does not answer, with `code: schema_behind` when it lacks a
+    migration, and with `code: draining` while the instance is stopping.
+    """
     if deps.resources().drain.started:
         raise _not_ready("draining", "This instance is stopping; send new requests elsewhere.")
     database = deps.database()
@@ -56,6 +62,10 @@ def _not_ready(code: str, detail: str) -> ApiError:
 @blueprint.get("/metrics")
 @text_response(CONTENT_TYPE_LATEST, "Prometheus text exposition format")
 async def metrics() -> Response:
-    """Requests, upstream calls, the database pool and event-loop lag, for Prometheus."""
+    """Expose the metrics, for Prometheus.
+
+    Requests, upstream calls, the database pool and event-loop lag, in Prometheus' text
+    exposition format.
+    """
     # In a thread: with several workers it reads every worker's file from disk.
     return Response(await asyncio.to_thread(render), content_type=CONTENT_TYPE_LATEST)

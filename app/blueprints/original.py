@@ -31,9 +31,10 @@ users_json = TypeAdapter(list[User])
 @document_response(UpstreamProblem, 502)
 @document_response(UpstreamProblem, 504)
 async def original_index() -> Response:
-    """Every URL in UPSTREAM_URLS, fetched at once; their JSON bodies in order.
+    """Fetch every URL in UPSTREAM_URLS at once, the blog post's way.
 
-    If any call fails the answer is 502 (504 when one timed out), listing each failure.
+    The answer is their JSON bodies, in order. If any call fails, the answer is 502 (504
+    when one timed out), listing each failure.
     """
     urls = [str(url) for url in deps.settings().upstream_urls]
     results = await deps.upstream().get_all(urls)
@@ -52,7 +53,11 @@ async def original_index() -> Response:
 @document_response(list[User], 200)
 @problems(503)
 async def original_db() -> Response:
-    """The users, ordered by id, at most 1,000."""
+    """List the users, the blog post's way.
+
+    At most 1,000 users, ordered by id, as a bare array; GET /api/v1/users pages through
+    them all.
+    """
     async with deps.database().connection() as connection:
         rows = await select_users(connection, limit=DB_ROUTE_LIMIT)
     # Up to 1,000 rows: serialised straight from the rows (types checked as they are

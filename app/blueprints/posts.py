@@ -23,8 +23,8 @@ from app.models import (
     PostHeaders,
     PostsQuery,
 )
-from app.web.conditional import conditional
-from app.web.openapi import no_body, problems
+from app.web.conditional import conditional, honours_if_none_match
+from app.web.openapi import problems
 from app.web.serialization import json_response
 
 blueprint = Blueprint("posts", __name__, url_prefix="/api/v1")
@@ -57,10 +57,10 @@ def cache_headers(response: Response, fetched: Fetched[Post]) -> None:
 
 @blueprint.get("/posts/<int:post_id>")
 @document_response(Post, 200, PostHeaders)
-@no_body(304)
+@honours_if_none_match(PostHeaders)
 @problems(404, 502, 504)
 async def get_post(post_id: int) -> Response:
-    """One post from the upstream.
+    """Get one post from the upstream.
 
     The upstream's 404 is a 404; its timeout a 504; any other failure (refused, reset,
     5xx, not JSON, not a post) a 502. The problem's `code` says which. The answer has a
@@ -79,10 +79,11 @@ async def get_post(post_id: int) -> Response:
 @document_response(PostBatch, 200)
 @problems(422)
 async def get_posts(query_args: PostsQuery) -> Response:
-    """Several posts at once; 200 even when some fail.
+    """Get several posts at once.
 
-    Every id is fetched at the same time, with at most UPSTREAM_MAX_CONCURRENCY calls in
-    flight across the whole process. Each item is the post or the reason it failed.
+    The answer is 200 even when some fail: each item is the post or the reason it failed,
+    in the order asked. Every id is fetched at the same time, with at most
+    UPSTREAM_MAX_CONCURRENCY calls in flight across the whole process.
     """
     post_ids = query_args.id_list
     started = time.perf_counter()
@@ -95,8 +96,8 @@ async def get_posts(query_args: PostsQuery) -> Response:
         if isinstance(result, UpstreamError):
             status = UPSTREAM_STATUS[result.code]
             error = PostError(code=result.code, status=status, detail=result.detail)
-            items.append(PostFailed(id=post_id, error=error))
+            items.append(PostFailed(id=post_id, ok=False, error=error))
         else:
-            items.append(PostFetched(id=post_id, post=result.body, stale=result.stale))
+            items.append(PostFetched(id=post_id, ok=True, post=result.body, stale=result.stale))
     # built from typed models: serialised straight to JSON, not validated again
     return json_response(batch_json, PostBatch(items=items, elapsed_ms=round(elapsed_ms, 3)))

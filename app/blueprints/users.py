@@ -22,10 +22,16 @@ from app.data.users import (
     update_user,
     versions_in,
 )
-from app.models import UserCreate, UserHeaders, UserPage, UserPatch, UsersQuery
-from app.web.conditional import conditional, precondition
+from app.models import CreatedHeaders, UserCreate, UserHeaders, UserPage, UserPatch, UsersQuery
+from app.web.conditional import (
+    conditional,
+    empty_response,
+    honours_if_match,
+    honours_if_none_match,
+    precondition,
+)
 from app.web.errors import ApiError
-from app.web.openapi import no_body, no_content, problems
+from app.web.openapi import no_body, problems
 from app.web.serialization import json_response
 from app.web.writes import json_write, token_required
 
@@ -73,9 +79,10 @@ def _changed_since(row: UserRow | None, user_id: int) -> ApiError:
 @document_response(UserPage, 200)
 @problems(422, 503)
 async def list_users(query_args: UsersQuery) -> Response:
-    """Users ordered by id, a page at a time.
+    """List users in id order, a page at a time.
 
-    Pass the answer's `next_after` as `after` for the next page; it is null on the last.
+    Pass the answer's `next_after` as `after` to get the next page; it is null on the
+    last page.
     """
     async with deps.database().connection() as connection:
         # one more than asked: whether it comes back says if more may follow
@@ -88,11 +95,14 @@ async def list_users(query_args: UsersQuery) -> Response:
 
 @blueprint.get("/users/<int:user_id>")
 @document_response(User, 200, UserHeaders)
-@no_body(304)
+@honours_if_none_match(UserHeaders)
 @problems(404, 503)
 async def get_user(user_id: int) -> Response:
-    """One user, with a strong ETag: send it in If-None-Match for a 304, in If-Match to
-    write only that version."""
+    """Get one user.
+
+    The answer carries a strong ETag: send it in If-None-Match for a 304, or in If-Match
+    to change or delete only that version.
+    """
     async with deps.database().connection() as connection:
         row = await select_user(connection, user_id=user_id)
     return conditional(_user(row, user_id))
@@ -100,10 +110,14 @@ async def get_user(user_id: int) -> Response:
 
 @blueprint.post("/users")
 @json_write(UserCreate)
-@document_response(User, 201)
+@document_response(User, 201, CreatedHeaders)
 @problems(409, 503)
 async def create_user(data: UserCreate) -> Response:
-    """Create a user; the answer's Location is its address."""
+    """Create a user.
+
+    Needs the bearer token. The answer's Location is the new user's address, and its
+    ETag the first version's tag. An email another user has, whatever its case, is a 409.
+    """
     async with deps.database().connection() as connection:
         user_id = await insert_user(connection, name=data.name, email=data.email)
         row = await select_user(connection, user_id=user_id)
@@ -113,13 +127,15 @@ async def create_user(data: UserCreate) -> Response:
 
 @blueprint.patch("/users/<int:user_id>")
 @json_write(UserPatch)
-@document_response(User, 200)
-@problems(404, 409, 412, 503)
+@document_response(User, 200, UserHeaders)
+@honours_if_match
+@problems(404, 409, 503)
 async def patch_user(user_id: int, data: UserPatch) -> Response:
     """Change a user's name, email, or both.
 
-    With If-Match, only while the user is still the version that tag names: otherwise
-    412 and nothing changes.
+    Needs the bearer token. Give at least one field; a field left out keeps its value.
+    With If-Match, the change is made only while the user is still the version that tag
+    names; otherwise the answer is 412 and nothing changes.
     """
     versions = _versions_asked(user_id)
     async with deps.database().connection() as connection:
@@ -134,13 +150,18 @@ async def patch_user(user_id: int, data: UserPatch) -> Response:
 
 @blueprint.delete("/users/<int:user_id>")
 @token_required
-@no_content
-@problems(404, 412, 503)
-async def remove_user(user_id: int) -> tuple[str, int]:
-    """Delete a user; with If-Match, only while it is still the version that tag names."""
+@no_body(204)
+@honours_if_match
+@problems(404, 503)
+async def remove_user(user_id: int) -> Response:
+    """Delete a user.
+
+    Needs the bearer token. With If-Match, the user is deleted only while it is still the
+    version that tag names; otherwise the answer is 412 and nothing changes.
+    """
     versions = _versions_asked(user_id)
     async with deps.database().connection() as connection:
         deleted = await delete_user(connection, user_id=user_id, versions=versions)
         if not deleted:
             raise _changed_since(await select_user(connection, user_id=user_id), user_id)
-    return "", 204
+    return empty_response(204)

@@ -50,7 +50,7 @@ def versions_in(tags: set[str], user_id: int) -> tuple[int, ...]:
     versions = []
     for tag in tags:
         tagged_id, _, version = tag.partition(".")
-        if tagged_id == str(user_id) and version.isdigit():
+        if tagged_id == str(user_id) and version.isascii() and version.isdigit():
             versions.append(int(version))
     return tuple(versions)
 

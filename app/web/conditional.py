@@ -2,14 +2,41 @@
 
 A GET answer carries a strong `ETag`; a client that sends it back in `If-None-Match` gets
 304 with no body. `If-Match` on writes is decided in the database (app.data.users), and
-`precondition` reads it here.
+`precondition` reads it here. The decorators document both in the OpenAPI document.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from pydantic import BaseModel
 from quart import Response, request
 
-NOT_MODIFIED_DROPS = ("Content-Type", "Content-Length")
+from app.web.openapi import F, no_body, problems, request_headers
+
+BODILESS_DROPS = ("Content-Type", "Content-Length")
+
+
+def honours_if_none_match(headers: type[BaseModel]) -> Callable[[F], F]:
+    """The route answers 304 through `conditional`, with these headers of its 200."""
+
+    def decorator(func: F) -> F:
+        return request_headers("If-None-Match")(no_body(304, headers)(func))
+
+    return decorator
+
+
+def honours_if_match(func: F) -> F:
+    """The write reads If-Match through `precondition`: 412 when the version changed."""
+    return request_headers("If-Match")(problems(412)(func))
+
+
+def empty_response(status: int) -> Response:
+    """An answer with no body, so neither Content-Type nor Content-Length (204, 304)."""
+    response = Response(b"", status=status)
+    for name in BODILESS_DROPS:
+        response.headers.pop(name, None)
+    return response
 
 
 def conditional(response: Response) -> Response:
@@ -20,11 +47,10 @@ def conditional(response: Response) -> Response:
     tag, _ = response.get_etag()
     if tag is None or not request.if_none_match.contains_weak(tag):  # RFC 9110: weakly
         return response
-    not_modified = Response(b"", status=304)
+    not_modified = empty_response(304)
     for name, value in response.headers.items():
-        if name not in NOT_MODIFIED_DROPS:
+        if name not in BODILESS_DROPS:
             not_modified.headers[name] = value
-    not_modified.headers.pop("Content-Length", None)  # the empty body's, set by Response
     return not_modified
 
 
@@ -36,4 +62,5 @@ def precondition() -> set[str] | None:
     """
     if "If-Match" not in request.headers or request.if_match.star_tag:
         return None
-    return request.if_match.as_set()
+    # werkzeug gives None for an empty tag (`""`); it names no version
+    return {tag for tag in request.if_match.as_set() if tag}

@@ -1,7 +1,15 @@
-"""The OpenAPI document: error answers as problem+json, 204s and 304s, and helpers to declare them.
+"""The OpenAPI document, built from the routes, their decorators and the pydantic models.
 
-quart-schema documents every response as `application/json`; our errors are
-`application/problem+json` (RFC 9457), so the provider moves them there.
+quart-schema writes most of it. What it cannot know, this module adds, each from the code
+that does it, never by editing the JSON afterwards:
+
+- error answers are `application/problem+json` (RFC 9457), with the headers each status
+  carries (401 `WWW-Authenticate`, 412 `ETag`, 429 and 503 `Retry-After`);
+- every write may be refused 429 by the write budget (app.web.rate_limit's methods);
+- answers without a body (204, 304) and the text answer of /metrics;
+- the request headers a route reads (`If-None-Match`, `If-Match`) as parameters, and
+  `X-Request-ID` on every operation and every answer (app.telemetry.requests);
+- `security: []` on the operations anyone may call.
 """
 
 from __future__ import annotations
@@ -15,15 +23,41 @@ from quart_schema import OpenAPIProvider, document_response
 from quart_schema.openapi import QUART_SCHEMA_OPERATION_ID_ATTRIBUTE
 from quart_schema.validation import DataSource
 from typing_extensions import is_typeddict
-from werkzeug.routing import Rule
+from werkzeug.routing import BaseConverter, IntegerConverter, Rule
 
-from app.models import Problem, ValidationProblem
+from app.models import (
+    ChallengeHeaders,
+    CurrentTagHeaders,
+    Problem,
+    RetryAfterHeaders,
+    ValidationProblem,
+)
+from app.telemetry.requests import REQUEST_ID_HEADER, VALID_REQUEST_ID
 from app.web.errors import PROBLEM_JSON
+from app.web.rate_limit import WRITE_METHODS
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 NO_BODY_ATTRIBUTE = "_app_documents_no_body"
 TEXT_ATTRIBUTE = "_app_documents_text"
+REQUEST_HEADERS_ATTRIBUTE = "_app_documents_request_headers"
+
+# The headers an error answer of this status always carries.
+PROBLEM_HEADERS: dict[int, type[BaseModel]] = {
+    401: ChallengeHeaders,
+    412: CurrentTagHeaders,
+    429: RetryAfterHeaders,
+    503: RetryAfterHeaders,
+}
+
+# The request headers a route may read, and what the service does with each.
+REQUEST_HEADERS = {
+    "If-None-Match": "ETags the client holds; when one is current the answer is 304 with no body.",
+    "If-Match": "Change only the version this ETag names; any other current version answers"
+    " 412 and changes nothing. `*` matches whatever version exists.",
+    REQUEST_ID_HEADER: "Echoed in the answer and the request's log line when it is 1 to 128"
+    " letters, digits, `-`, `_`, `.` or `:`; anything else is replaced by a new id.",
+}
 
 
 def problems(*statuses: int) -> Callable[[F], F]:
@@ -32,23 +66,33 @@ def problems(*statuses: int) -> Callable[[F], F]:
     def decorator(func: F) -> F:
         for status in statuses:
             model = ValidationProblem if status == 422 else Problem
-            func = document_response(model, status)(func)
+            func = document_response(model, status, PROBLEM_HEADERS.get(status))(func)
         return func
 
     return decorator
 
 
-def no_body(*statuses: int) -> Callable[[F], F]:
-    """Document answers without a body (204, 304): no model to give document_response."""
+def no_body(status: int, headers: type[BaseModel] | None = None) -> Callable[[F], F]:
+    """Document an answer without a body (204, 304), with the headers it carries."""
 
     def decorator(func: F) -> F:
-        setattr(func, NO_BODY_ATTRIBUTE, (*getattr(func, NO_BODY_ATTRIBUTE, ()), *statuses))
+        documented = (*getattr(func, NO_BODY_ATTRIBUTE, ()), (status, headers))
+        setattr(func, NO_BODY_ATTRIBUTE, documented)
         return func
 
     return decorator
 
 
-no_content = no_body(204)
+def request_headers(*names: str) -> Callable[[F], F]:
+    """Document request headers the route reads (names from REQUEST_HEADERS)."""
+
+    def decorator(func: F) -> F:
+        setattr(
+            func, REQUEST_HEADERS_ATTRIBUTE, (*getattr(func, REQUEST_HEADERS_ATTRIBUTE, ()), *names)
+        )
+        return func
+
+    return decorator
 
 
 def text_response(media_type: str, description: str) -> Callable[[F], F]:
@@ -80,15 +124,20 @@ class ProblemAwareOpenAPIProvider(OpenAPIProvider):
         first, *rest = func.__name__.split("_")
         return explicit or first + "".join(word.capitalize() for word in rest)
 
+    def build_path_parameter(self, name: str, converter: BaseConverter) -> dict[str, Any]:
+        parameter = super().build_path_parameter(name, converter)
+        if isinstance(converter, IntegerConverter) and not converter.signed:
+            parameter["schema"]["minimum"] = 0  # werkzeug's int matches no sign: -1 is a 404
+        return parameter
+
     def build_response_object(
         self, model: type[Any], headers_model: type[Any] | None
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         # Inline, the same schema under several statuses or operations becomes a new class
         # each time in a generated client (three User classes, eight Problem classes).
         response, definitions = super().build_response_object(model, headers_model)
-        if headers := response["content"].pop("headers", None):
-            # quart-schema puts them inside `content`, where OpenAPI does not look
-            response["headers"] = _header_objects(headers, headers_model)
+        response["content"].pop("headers", None)  # where quart-schema puts them; see below
+        response["headers"] = _header_objects(headers_model)
         if _named(model):
             _to_component(response["content"]["application/json"], model, definitions)
         else:
@@ -99,6 +148,8 @@ class ProblemAwareOpenAPIProvider(OpenAPIProvider):
         self, model: type[Any], source: DataSource
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         body, definitions = super().build_request_body(model, source)
+        # quart-schema leaves this out; our JSON bodies are never optional
+        body["required"] = True
         if _named(model):
             for media in body["content"].values():
                 _to_component(media, model, definitions)
@@ -112,44 +163,82 @@ class ProblemAwareOpenAPIProvider(OpenAPIProvider):
         required = set(model.model_json_schema().get("required", []))
         for parameter in parameters:
             parameter["required"] = parameter["name"] in required
+            parameter["schema"].pop("title", None)
         return parameters, definitions
 
     def build_paths(self, rule: Rule) -> tuple[dict[str, Any], dict[str, Any]]:
         paths, components = super().build_paths(rule)
         func = self._app.view_functions[rule.endpoint]
         for operations in paths.values():
-            for operation in operations.values():
-                if "requestBody" in operation:
-                    # quart-schema leaves this out; our JSON bodies are never optional
-                    operation["requestBody"]["required"] = True
-                responses = operation["responses"]
-                for status in getattr(func, NO_BODY_ATTRIBUTE, ()):
-                    responses[status] = {}
+            for method, operation in operations.items():
+                # quart-schema shares one dict of parameters and responses between methods
+                operation["parameters"] = [
+                    *operation["parameters"],
+                    *(
+                        _header_parameter(name)
+                        for name in (
+                            *getattr(func, REQUEST_HEADERS_ATTRIBUTE, ()),
+                            REQUEST_ID_HEADER,
+                        )
+                    ),
+                ]
+                operation.setdefault("security", [])  # public: no credentials needed
+                responses = operation["responses"] = dict(operation["responses"])
+                if method.upper() in WRITE_METHODS:  # the write budget's refusal
+                    responses[429], definitions = self.build_response_object(
+                        Problem, PROBLEM_HEADERS[429]
+                    )
+                    components.update(definitions)
+                for status, headers in getattr(func, NO_BODY_ATTRIBUTE, ()):
+                    responses[status] = {"headers": _header_objects(headers)}
                 if text := getattr(func, TEXT_ATTRIBUTE, None):
                     media_type, description = text
                     responses[200] = {
                         "description": description,
+                        "headers": _header_objects(None),
                         "content": {media_type: {"schema": {"type": "string"}}},
                     }
                 for status, response in responses.items():
                     content = response.get("content", {})
                     if int(status) >= 400 and "application/json" in content:
                         response["content"] = {PROBLEM_JSON: content.pop("application/json")}
-                    if not response.get("description"):
+                    if int(status) >= 400 or not response.get("description"):
                         response["description"] = HTTPStatus(int(status)).phrase
         return paths, components
 
 
-def _header_objects(headers: dict[str, Any], model: Any) -> dict[str, Any]:
-    required = set(model.model_json_schema().get("required", []))
-    objects = {}
-    for name, spec in headers.items():
-        schema = dict(spec["schema"])
-        schema.pop("title", None)
-        description = schema.pop("description", "")
-        if name not in required:
-            schema = {"type": "string"}  # optional: absent, not null
-        objects[name] = {"description": description, "required": name in required, "schema": schema}
+def _header_parameter(name: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "header",
+        "required": False,
+        "description": REQUEST_HEADERS[name],
+        "schema": {"type": "string"},
+    }
+
+
+def _header_objects(model: type[BaseModel] | None) -> dict[str, Any]:
+    """The response headers `model` declares (by alias), and X-Request-ID, which every
+    answer carries."""
+    objects: dict[str, Any] = {}
+    if model is not None:
+        schema = model.model_json_schema()
+        required = set(schema.get("required", []))
+        for name, spec in schema["properties"].items():
+            spec = {key: value for key, value in spec.items() if key != "title"}
+            description = spec.pop("description", "")
+            if name not in required:
+                spec = {"type": "string"}  # optional: absent, not null
+            objects[name] = {
+                "description": description,
+                "required": name in required,
+                "schema": spec,
+            }
+    objects[REQUEST_ID_HEADER] = {
+        "description": "the request's id: the client's own when it sent a valid one",
+        "required": True,
+        "schema": {"type": "string", "pattern": f"^{VALID_REQUEST_ID.pattern}$"},
+    }
     return objects
 
 
