@@ -13,7 +13,7 @@ fresh without a call (`FreshAnswers`), lets identical GETs in flight share one c
 (UPSTREAM_STALE_IF_ERROR).
 
 The client keeps httpx's API but by default runs on an aiohttp transport: httpx's own
-connection pool (httpcore) collapses under concurrent fan-out (see the README).
+connection pool (httpcore) collapses under concurrent fan-out (see docs/design.md).
 """
 
 from __future__ import annotations
