@@ -17,6 +17,7 @@ from quart import Quart, Response
 from quart_schema import RequestSchemaValidationError
 from quart_schema.validation import QuerystringValidationError
 from werkzeug.exceptions import HTTPException
+from werkzeug.http import HTTP_STATUS_CODES
 
 from app.data.database import DatabaseUnavailable
 from app.data.upstream import UpstreamError
@@ -55,7 +56,9 @@ def problem_response(
 ) -> Response:
     body = {
         "type": "about:blank",  # the status says it all (RFC 9457, 4.2.1)
-        "title": title or HTTPStatus(status).phrase,
+        # werkzeug's phrase, as Quart's own errors have: the same on every Python
+        # (http.HTTPStatus renamed 413 and 422 in 3.13)
+        "title": title or HTTP_STATUS_CODES[status],
         "status": status,
         "detail": detail,
         **extensions,

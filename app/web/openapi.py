@@ -15,7 +15,6 @@ that does it, never by editing the JSON afterwards:
 from __future__ import annotations
 
 from collections.abc import Callable
-from http import HTTPStatus
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
@@ -23,6 +22,7 @@ from quart_schema import OpenAPIProvider, document_response
 from quart_schema.openapi import QUART_SCHEMA_OPERATION_ID_ATTRIBUTE
 from quart_schema.validation import DataSource
 from typing_extensions import is_typeddict
+from werkzeug.http import HTTP_STATUS_CODES
 from werkzeug.routing import BaseConverter, IntegerConverter, Rule
 
 from app.models import (
@@ -203,7 +203,7 @@ class ProblemAwareOpenAPIProvider(OpenAPIProvider):
                     if int(status) >= 400 and "application/json" in content:
                         response["content"] = {PROBLEM_JSON: content.pop("application/json")}
                     if int(status) >= 400 or not response.get("description"):
-                        response["description"] = HTTPStatus(int(status)).phrase
+                        response["description"] = HTTP_STATUS_CODES[int(status)]
         return paths, components
 
 
