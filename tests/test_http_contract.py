@@ -72,7 +72,7 @@ async def test_api_error_extensions_reach_the_body(app: Quart) -> None:
     assert response.headers["X-Why"] == "tea"
     assert await response.get_json() == {
         "type": "about:blank",
-        "title": "I'm a Teapot",
+        "title": "I'm a teapot",  # werkzeug's phrase, as for every problem
         "status": 418,
         "detail": "short and stout",
         "errors": [{"loc": ["spout"], "msg": "missing"}],
