@@ -18,6 +18,7 @@ from app.settings import Settings
 from app.telemetry.loop_monitor import LoopMonitor
 from app.telemetry.requests import register_observability
 from app.web.errors import register_error_handlers
+from app.web.hosts import register_host_check
 from app.web.keep_alive import register_connection_keeping
 from app.web.openapi import ProblemAwareOpenAPIProvider
 from app.web.proxies import TrustedProxies
@@ -82,9 +83,11 @@ def create_app(
     # 1. the request's id, log line and metrics: first to see a request, last to see its
     #    answer, whatever refused it (a 429, a 413) or changed it (Connection: close);
     register_observability(app, monitor)
-    # 2. the write budget: a 429 before any route runs;
+    # 2. a Host the grammar refuses: a 400 before anything reads it;
+    register_host_check(app)
+    # 3. the write budget: a 429 before any route runs;
     register_write_budget(app, settings.write_rate_limit, settings.rate_limit_storage_url)
-    # 3. first to see an error answer: lets a refused body arrive, or says close.
+    # 4. first to see an error answer: lets a refused body arrive, or says close.
     register_connection_keeping(app)
 
     for module in (original, posts, users, ops, docs):

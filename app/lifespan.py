@@ -51,6 +51,18 @@ def resources_of(app: Quart) -> Resources:
     return resources
 
 
+def start_draining(app: Quart) -> None:
+    """Told to stop: /readyz answers 503 and every answer says `Connection: close`."""
+    resources: Resources | None = app.extensions.get(RESOURCES)
+    if resources is not None:  # None: still starting, nothing is served yet
+        resources.drain.start()
+
+
+def draining(app: Quart) -> bool:
+    resources: Resources | None = app.extensions.get(RESOURCES)
+    return resources is not None and resources.drain.started
+
+
 def register_lifespan(
     app: Quart,
     settings: Settings,

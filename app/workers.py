@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import os
 import signal
 import time
 from collections import deque
@@ -36,7 +37,7 @@ from hypercorn.config import Config, Sockets
 from hypercorn.utils import load_application
 from prometheus_client import multiprocess
 
-from app.lifespan import resources_of
+from app.lifespan import start_draining
 
 RESTART_WINDOW = 60.0
 RESTART_BUDGET = 3
@@ -56,10 +57,10 @@ def serve_worker(
 
     async def drained() -> None:
         await _told_to_stop(stopping)
-        if drain_seconds > 0:
-            from app.asgi import app  # loaded above: the Quart app this process serves
+        from app.asgi import app  # loaded above: the Quart app this process serves
 
-            resources_of(app).drain.start()
+        start_draining(app)
+        if drain_seconds > 0:
             log.info("draining: /readyz answers 503", extra={"seconds": drain_seconds})
             await asyncio.sleep(drain_seconds)
 
@@ -69,15 +70,26 @@ def serve_worker(
 
 
 async def _told_to_stop(stopping: EventType | None) -> None:
-    if stopping is not None:
-        while not stopping.is_set():  # noqa: ASYNC110 (a process-shared event: polled, as hypercorn does)
-            await asyncio.sleep(POLL_SECONDS)
-        return
+    """Until SIGTERM (SIGINT too with one process), the supervisor's `stopping` event, or,
+    for a worker, its parent gone: every way out drains the same."""
     told = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, told.set)
-    await told.wait()
+    # A worker gets SIGTERM too when the whole process group is told to stop (systemd's
+    # KillMode=control-group, kill -- -PGID); left at its default it would die mid-answer.
+    loop.add_signal_handler(signal.SIGTERM, told.set)
+    if stopping is None:
+        loop.add_signal_handler(signal.SIGINT, told.set)
+        await told.wait()
+        return
+    # the supervisor that started this worker: it may have died before this line ran
+    supervisor = multiprocessing.parent_process()
+    parent = supervisor.pid if supervisor is not None else os.getppid()
+    # process-shared state: polled, as hypercorn does
+    while not (told.is_set() or stopping.is_set()):
+        if os.getppid() != parent:
+            log.warning("the supervisor is gone; this worker stops", extra={"parent": parent})
+            return
+        await asyncio.sleep(POLL_SECONDS)
 
 
 def supervise(
@@ -150,7 +162,11 @@ def supervise(
             running.append(replacement)
 
     shutdown.set()
-    # Each worker drains, lets its requests finish within graceful_timeout, then exits.
+    # Each worker drains, lets its requests finish within graceful_timeout, then exits. The
+    # signal reaches it at once (the event is polled); a worker stopping already ignores it.
+    for process in running:
+        if process.pid is not None and process.exitcode is None:
+            os.kill(process.pid, signal.SIGTERM)
     for process in running:
         process.join(drain_seconds + config.graceful_timeout + 5)
         if process.exitcode is None:

@@ -198,6 +198,66 @@ async def test_sigterm_under_load_lets_every_request_finish(
     assert any("HTTP client and database pool closed" in line for line in log)
 
 
+async def in_flight_then(
+    service: Service, signal_it: object, connections: int = 32
+) -> list[httpx.Response | BaseException]:
+    """`connections` slow requests in flight, then `signal_it()`; every answer or error."""
+    limits = httpx.Limits(max_connections=connections)
+    async with httpx.AsyncClient(base_url=service.base, timeout=15, limits=limits) as client:
+        in_flight = [asyncio.create_task(client.get("/")) for _ in range(connections)]
+        await asyncio.sleep(0.4)
+        signal_it()  # type: ignore[operator]
+        return await asyncio.gather(*in_flight, return_exceptions=True)
+
+
+async def test_sigterm_to_the_process_group_drains_every_worker(
+    stub: str, migrated: str, tmp_path: Path
+) -> None:
+    # systemd's default KillMode=control-group, or kill -- -PGID: every worker gets SIGTERM
+    # at the same moment as the supervisor.
+    settings = {"UPSTREAM_URLS": f"{stub}/slow/1/1", "SHUTDOWN_GRACE": "10", "WORKERS": "2"}
+    with running_service(tmp_path, DATABASE_URL=migrated, **settings) as service:
+        group = os.getpgid(service.process.pid)
+        answers = await in_flight_then(service, lambda: os.killpg(group, signal.SIGTERM))
+        exit_code = await asyncio.to_thread(service.process.wait, 20)
+        log = service.log_lines()
+
+    assert [getattr(answer, "status_code", repr(answer)) for answer in answers] == [200] * 32
+    assert exit_code == 0
+    assert sum("HTTP client and database pool closed" in line for line in log) == 2
+
+
+async def test_answers_written_after_sigterm_say_connection_close(
+    stub: str, migrated: str, tmp_path: Path
+) -> None:
+    settings = {"UPSTREAM_URLS": f"{stub}/slow/1/1", "SHUTDOWN_GRACE": "10"}
+    with running_service(tmp_path, DATABASE_URL=migrated, **settings) as service:
+        answers = await in_flight_then(
+            service, lambda: service.process.send_signal(signal.SIGTERM), connections=8
+        )
+
+    assert [getattr(answer, "status_code", repr(answer)) for answer in answers] == [200] * 8
+    assert [answer.headers.get("Connection") for answer in answers] == ["close"] * 8  # type: ignore[union-attr]
+
+
+def test_workers_stop_by_themselves_when_their_supervisor_is_gone(
+    migrated: str, tmp_path: Path
+) -> None:
+    with running_service(tmp_path, DATABASE_URL=migrated, WORKERS="2") as service:
+        workers = worker_pids(service.process.pid)
+        service.process.kill()  # SIGKILL: no word to the workers
+        service.process.wait()
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and any(_cmdline(pid) for pid in workers):
+            time.sleep(0.2)
+        left = [pid for pid in workers if _cmdline(pid)]
+        for pid in left:
+            os.kill(pid, signal.SIGKILL)
+
+    assert len(workers) == 2
+    assert left == []
+
+
 async def test_the_real_routes_never_block_the_loop_under_load(service: Service) -> None:
     paths = [
         "/",
@@ -330,12 +390,17 @@ async def test_sigterm_drains_readiness_first_while_serving_everything_else(
     migrated: str, tmp_path: Path, workers: str
 ) -> None:
     with running_service(
-        tmp_path, DATABASE_URL=migrated, WORKERS=workers, DRAIN_SECONDS="2", SHUTDOWN_GRACE="5"
+        tmp_path, DATABASE_URL=migrated, WORKERS=workers, DRAIN_SECONDS="4", SHUTDOWN_GRACE="5"
     ) as service:
         async with httpx.AsyncClient(base_url=service.base, timeout=10) as client:
             await until_ready(client)
             service.process.terminate()
-            await asyncio.sleep(0.3)  # the signal reaches the workers
+            # the word reaches each worker within its poll (0.2 s), later on a busy machine
+            deadline = time.monotonic() + 2
+            while time.monotonic() < deadline:
+                async with httpx.AsyncClient(base_url=service.base, timeout=10) as fresh:
+                    if (await fresh.get("/readyz")).status_code == 503:
+                        break
             during = []
             for _ in range(5):
                 # new connections each time: the listener is still open

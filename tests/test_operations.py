@@ -67,6 +67,26 @@ async def test_not_ready_at_once_when_the_database_is_away() -> None:
     assert health.status_code == 200
 
 
+async def test_ready_again_at_once_when_idle_connections_died(
+    client: QuartClient, db: asyncmy.Connection
+) -> None:
+    # What a database restart leaves: every idle connection of the service closed by the
+    # server. The database itself answers, so the service is ready.
+    assert (await client.get("/readyz")).status_code == 200
+    async with db.cursor() as cursor:
+        await cursor.execute(
+            "SELECT ID FROM information_schema.PROCESSLIST"
+            " WHERE ID <> CONNECTION_ID() AND COMMAND = 'Sleep'"
+        )
+        for (connection_id,) in await cursor.fetchall():
+            await cursor.execute("KILL CONNECTION %s", (connection_id,))
+
+    ready = await client.get("/readyz")
+    users = await client.get("/api/v1/users")
+
+    assert (ready.status_code, users.status_code) == (200, 200)
+
+
 # --- metrics --------------------------------------------------------------------------
 
 

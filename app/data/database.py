@@ -167,15 +167,29 @@ class Database:
                 self._pinger = None
 
     async def ping(self, within: float) -> bool:
-        """Whether the database answers a round trip within `within` seconds."""
+        """Whether the database answers a round trip within `within` seconds.
+
+        A kept connection that fails is tried once more on a fresh one within the same
+        time: after a database restart the kept one died while idle, and says nothing
+        about the database now.
+        """
         if self.pool is None:
             return False
-        try:
-            async with self._pinger_connection(within) as pinger:
-                await pinger.ping(reconnect=False)
-        except (TimeoutError, asyncmy.errors.Error, OSError):
-            return False
-        return True
+        deadline = asyncio.get_running_loop().time() + within
+        for attempt in ("kept", "fresh"):
+            kept = self._pinger is not None
+            try:
+                remaining = deadline - asyncio.get_running_loop().time()
+                async with self._pinger_connection(remaining) as pinger:
+                    await pinger.ping(reconnect=False)
+            except TimeoutError:
+                return False
+            except (asyncmy.errors.Error, OSError):
+                if attempt == "fresh" or not kept:
+                    return False
+                continue
+            return True
+        return False
 
     async def missing_migrations(self, within: float) -> list[str]:
         """The migrations this code needs that the database lacks, asked on the readiness

@@ -1,10 +1,13 @@
-"""A refusal sent before the request body was read must not break a kept-alive connection."""
+"""Kept-alive connections: a refusal sent before the request body was read must not break
+one, and a process that is stopping says so on every answer."""
 
 from __future__ import annotations
 
 import asyncio
 
-from quart import Quart, Response, request
+from quart import Quart, Response, current_app, request
+
+from app.lifespan import draining
 
 DRAIN_TIMEOUT = 5.0
 # Past this, a refused body is not worth reading to the end: the answer says close.
@@ -24,6 +27,15 @@ def register_connection_keeping(app: Quart) -> None:
     @app.after_request
     async def let_body_arrive(response: Response) -> Response:
         if response.status_code >= 400 and _has_body() and not await _body_arrived():
+            response.headers["Connection"] = "close"
+        return response
+
+    # Told to stop, the process closes its kept-alive connections once their requests are
+    # answered; a client that was not told would send its next request on one and see it
+    # closed unanswered. HTTP/2 has no such header (its server sends GOAWAY).
+    @app.after_request
+    async def close_when_stopping(response: Response) -> Response:
+        if draining(current_app) and request.http_version in ("1.0", "1.1"):
             response.headers["Connection"] = "close"
         return response
 

@@ -96,7 +96,10 @@ def start_service(workdir: Path, **settings: str) -> Service:
     settings.setdefault("LOOP_BLOCK_THRESHOLD", "0.25")
     log_path = workdir / f"service-{port}.log"
     with log_path.open("wb") as log, (workdir / f"service-{port}.out").open("wb") as out:
-        process = subprocess.Popen(**serve_command(workdir, **settings), stdout=out, stderr=log)
+        # a process group of its own, as under a service manager: a test may signal all of it
+        process = subprocess.Popen(
+            **serve_command(workdir, **settings), stdout=out, stderr=log, start_new_session=True
+        )
     service = Service(f"http://127.0.0.1:{port}", process, log_path)
     try:
         wait_until_answering(f"{service.base}/healthz", process)
