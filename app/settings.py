@@ -69,6 +69,9 @@ class Settings(BaseSettings):
     workers: int = Field(default=1, ge=1, le=64)
     max_body_bytes: int = Field(default=65536, ge=1)
     shutdown_grace: float = Field(default=10.0, ge=0, le=3600)
+    # cleartext HTTP/2 (prior knowledge, Upgrade: h2c); off: hypercorn cannot bound what
+    # resetting streams makes it hold (app.workers)
+    http2: bool = False
     # seconds /readyz answers 503 after SIGTERM, while all else is served, before stopping
     drain_seconds: float = Field(default=0.0, ge=0, le=3600)
     write_rate_limit: str = "600/minute"

@@ -31,9 +31,11 @@ from multiprocessing.process import BaseProcess
 from multiprocessing.synchronize import Event as EventType
 from types import FrameType
 
+import h11
 import uvloop
 from hypercorn.asyncio.run import worker_serve
 from hypercorn.config import Config, Sockets
+from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.utils import load_application
 from prometheus_client import multiprocess
 
@@ -54,6 +56,10 @@ def serve_worker(
 ) -> None:
     """Serve until told to stop (`stopping`, or SIGTERM/SIGINT when None), drain, stop."""
     application = load_application(config.application_path, config.wsgi_max_body_size)
+    from app.runtime import settings  # read once, by loading the application above
+
+    if not settings.http2:
+        serve_http11_only()
 
     async def drained() -> None:
         await _told_to_stop(stopping)
@@ -67,6 +73,20 @@ def serve_worker(
     # uvloop: hypercorn's asyncio loop had a p99 of up to 2 s under load here
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(worker_serve(application, config, sockets=sockets, shutdown_trigger=drained))
+
+
+def serve_http11_only() -> None:
+    """No cleartext HTTP/2: hypercorn switches a connection to it on the prior-knowledge
+    preface or an `Upgrade: h2c`, with no setting to say no, and a client that opens
+    streams and resets them at once (rapid reset, CVE-2023-44487) grew this process by
+    80 MB for good with 19 connections. Without the switch an upgrade is ignored (the
+    request is answered in HTTP/1.1, as RFC 9110 allows) and a preface gets an HTTP/1.1
+    answer (a 404 problem for its `PRI *`), never an HTTP/2 connection."""
+
+    async def answer_in_http11(self: H11Protocol, event: h11.Request) -> None:
+        return None
+
+    H11Protocol._check_protocol = answer_in_http11  # type: ignore[method-assign]
 
 
 async def _told_to_stop(stopping: EventType | None) -> None:
@@ -108,6 +128,15 @@ def supervise(
     def stop(signum: int, frame: FrameType | None) -> None:
         nonlocal stopping
         stopping = True
+        tell_workers()  # now, not at the loop's next turn: /readyz turns 503 everywhere at once
+
+    def tell_workers() -> None:
+        """Each worker drains, lets its requests finish within graceful_timeout, then
+        exits; a worker already stopping takes a second word as the first."""
+        shutdown.set()
+        for process in running:
+            if process.pid is not None and process.exitcode is None:
+                os.kill(process.pid, signal.SIGTERM)
 
     def start() -> BaseProcess:
         process = context.Process(
@@ -161,12 +190,7 @@ def supervise(
             )
             running.append(replacement)
 
-    shutdown.set()
-    # Each worker drains, lets its requests finish within graceful_timeout, then exits. The
-    # signal reaches it at once (the event is polled); a worker stopping already ignores it.
-    for process in running:
-        if process.pid is not None and process.exitcode is None:
-            os.kill(process.pid, signal.SIGTERM)
+    tell_workers()
     for process in running:
         process.join(drain_seconds + config.graceful_timeout + 5)
         if process.exitcode is None:

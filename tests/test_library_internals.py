@@ -9,14 +9,18 @@ upgrade that changes one fails here, loudly, rather than in production, quietly.
   logging HOWTO's "Optimization" section documents it).
 - quart-schema's conversion module builds a pydantic `TypeAdapter` by that module-level
   name on every validation; app.web.serialization swaps in a cached one (one per type).
+- hypercorn's `H11Protocol._check_protocol` is where a cleartext connection switches to
+  HTTP/2; app.workers replaces it unless HTTP2 is on.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 
 import quart_schema.conversion
+from hypercorn.protocol.h11 import H11Protocol
 from quart import Request, request
 from quart.wrappers.request import Body
 from quart_schema import validate_response
@@ -63,3 +67,12 @@ async def test_quart_schema_validates_through_the_cached_type_adapter() -> None:
     assert response.status_code == 200
     assert getattr(quart_schema.conversion, "TypeAdapter") is cached_type_adapter  # noqa: B009
     assert cached_type_adapter.cache_info().currsize >= 1
+
+
+def test_hypercorn_decides_on_cleartext_http2_in_one_method() -> None:
+    # app.workers.serve_http11_only replaces it: the one place a cleartext connection
+    # switches to HTTP/2 (prior knowledge or Upgrade: h2c).
+    source = inspect.getsource(H11Protocol._check_protocol)
+
+    assert "H2CProtocolRequiredError" in source
+    assert "H2ProtocolAssumedError" in source
