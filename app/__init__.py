@@ -76,6 +76,8 @@ def create_app(
 
     monitor = LoopMonitor(threshold=settings.loop_block_threshold)
     register_lifespan(app, settings, upstream_transport, monitor)
+    # spent by each write once its token is checked (app.web.writes)
+    register_write_budget(app, settings.write_rate_limit, settings.rate_limit_storage_url)
     register_error_handlers(app)
 
     # Request hooks, in the order they must run. Quart runs before_request hooks in the
@@ -85,9 +87,7 @@ def create_app(
     register_observability(app, monitor)
     # 2. a Host the grammar refuses: a 400 before anything reads it;
     register_host_check(app)
-    # 3. the write budget: a 429 before any route runs;
-    register_write_budget(app, settings.write_rate_limit, settings.rate_limit_storage_url)
-    # 4. first to see an error answer: lets a refused body arrive, or says close.
+    # 3. first to see an error answer: lets a refused body arrive, or says close.
     register_connection_keeping(app)
 
     for module in (original, posts, users, ops, docs):

@@ -115,7 +115,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def stub() -> Iterator[str]:
-    """A real upstream on loopback (tests/upstream_stub.py)."""
+    """A real upstream on loopback (tools/upstream_stub.py)."""
     with upstream_stub() as base:
         yield base
 

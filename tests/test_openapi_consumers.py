@@ -99,9 +99,15 @@ def test_a_generated_typescript_client_compiles_a_one_field_patch(tmp_path: Path
 async def test_schemathesis_finds_nothing_at_its_default_settings(
     stub: str, migrated: str, tmp_path: Path
 ) -> None:
-    # The service as deployed, the write budget included: its 429 is a documented answer.
+    # The service as deployed, the write budget included, small enough that Schemathesis
+    # spends it (it sends a few hundred writes): from then on its writes answer 429, which
+    # must be a documented answer like any other.
     with running_service(
-        tmp_path, DATABASE_URL=migrated, UPSTREAM_BASE_URL=stub, API_TOKEN=E2E_TOKEN
+        tmp_path,
+        DATABASE_URL=migrated,
+        UPSTREAM_BASE_URL=stub,
+        API_TOKEN=E2E_TOKEN,
+        WRITE_RATE_LIMIT="100/minute",
     ) as service:
         result = await asyncio.to_thread(
             subprocess.run,
@@ -118,5 +124,8 @@ async def test_schemathesis_finds_nothing_at_its_default_settings(
             env=clean_environ(),
         )  # fmt: skip
 
+        spent = [line for line in service.log_lines() if '"status":429' in line]
+
     assert result.returncode == 0, result.stdout[-6000:]
     assert "Stateful" in result.stdout
+    assert spent, "the write budget was never spent: Schemathesis met no 429"

@@ -303,6 +303,29 @@ async def test_writes_past_the_limit_get_429_with_retry_after(
     assert "RateLimit-Limit" not in read.headers
 
 
+async def test_writes_without_a_valid_token_are_401_and_spend_no_budget(
+    migrated: str, db: asyncmy.Connection
+) -> None:
+    app = create_app(make_settings(migrated, api_token="t", write_rate_limit="2/minute"))
+
+    async with app.test_app() as running:
+        client = running.test_client()
+        guesses = [
+            (await client.delete("/api/v1/users/1", headers=headers)).status_code
+            for headers in [{}, {"Authorization": "Bearer guess"}] * 3
+        ]
+        real = [
+            (await client.delete(f"/api/v1/users/{n}", headers={"Authorization": "Bearer t"}))
+            for n in range(3)
+        ]
+        guess_when_spent = await client.delete("/api/v1/users/1")
+
+    assert guesses == [401] * 6
+    assert [answer.status_code for answer in real] == [404, 404, 429]
+    assert guess_when_spent.status_code == 401
+    assert guess_when_spent.headers["WWW-Authenticate"] == "Bearer"
+
+
 async def test_the_write_budget_is_the_peer_s_whatever_it_says_it_forwards(
     migrated: str, db: asyncmy.Connection
 ) -> None:

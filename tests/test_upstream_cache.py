@@ -449,3 +449,45 @@ async def test_a_redis_cache_that_does_not_answer_costs_misses_and_one_warning(
     store_lines = [r for r in caplog.records if r.name.startswith("hishel")]
     assert len(store_lines) <= 1
     assert all(r.levelname == "WARNING" and not r.exc_info for r in store_lines)
+
+
+@contextlib.asynccontextmanager
+async def frozen_store() -> AsyncIterator[tuple[str, list[bytes]]]:
+    """A Redis that accepts connections and never answers, as a SIGSTOPped one does; and
+    the commands sent to it (the first bytes of each connection)."""
+    offered: list[bytes] = []
+    holding: list[asyncio.StreamWriter] = []
+
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        holding.append(writer)
+        if sent := await reader.read(64):
+            offered.append(sent)
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"redis://127.0.0.1:{port}/1", offered
+    finally:
+        for writer in holding:
+            writer.close()
+        server.close()
+
+
+async def test_a_frozen_store_costs_a_healthy_upstream_nothing(
+    respx_mock: respx.MockRouter,
+) -> None:
+    route = respx_mock.get(url__startswith=f"{BASE}/posts/").mock(
+        side_effect=lambda request: answer(
+            {"Cache-Control": "max-age=60"},
+            body={**POST, "id": int(request.url.path.rsplit("/", 1)[1])},
+        )
+    )
+    async with frozen_store() as (url, offered):
+        storage = open_storage(url, max_bytes=0, max_entry_bytes=MAX_BODY)
+        # the upstream's own timeout is 0.5 s: the store's waits must not eat it
+        async with cached_upstream(storage) as upstream:
+            results = [await upstream.get_post(post_id) for post_id in range(1, 11)]
+
+    assert [result.body.id for result in results] == list(range(1, 11))
+    assert route.call_count == 10
+    assert len(offered) == 1  # tried once, then skipped: no command per call

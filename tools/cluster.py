@@ -1,11 +1,14 @@
 """`make cluster`: the deployment's topology on one machine, from Debian's packages.
 
-The private MariaDB (tools.devdb), one migration run, a private redis-server for
-the write budget (loopback, a password, nothing on disk), N instances of the service on
-their own ports (MIGRATE_ON_START=false, the balancer as their trusted proxy), and HAProxy
-in front on HOST:PORT, health-checking `/readyz` and retrying a request whose connection
-failed on another instance. Everything listens on 127.0.0.1; state, logs and pid files
-live under .run/cluster/.
+The private MariaDB (tools.devdb), one migration run, two private redis-servers
+(loopback, a password, nothing on disk): one counts the write budget and never evicts,
+the other holds the shared upstream cache within `maxmemory`, least recently used out
+first; N instances of the service on their own ports (MIGRATE_ON_START=false, the
+balancer as their trusted proxy), and HAProxy in front on HOST:PORT, health-checking
+`/readyz`, retrying a request whose connection failed on another instance, and, when no
+instance is ready (the database they share is away), sending requests to all of them
+anyway: what does not need the database is still served. Everything listens on
+127.0.0.1; state, logs and pid files live under .run/cluster/.
 
     python -m tools.cluster start [--instances 3]   # prints what runs where
     python -m tools.cluster stop                    # the MariaDB stays (make db-stop)
@@ -32,6 +35,8 @@ from tools.devdb import PrivateMariaDB
 from tools.ports import port_taken
 
 CLUSTER_DIR = REPO / ".run" / "cluster"
+# The upstream cache's bound in make cluster; a deployment sizes its own.
+CACHE_MAXMEMORY = "64mb"
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,7 @@ class Cluster:
     instances: int
     first_instance_port: int
     redis_port: int
+    cache_redis_port: int
 
     @property
     def instance_ports(self) -> list[int]:
@@ -61,8 +67,9 @@ class Cluster:
 
     @property
     def cache_url(self) -> str:
-        """The upstream cache, shared by the instances: the same Redis, another database."""
-        return self.redis_url.removesuffix("/0") + "/1"
+        """The upstream cache, shared by the instances, on a Redis of its own: one that may
+        evict (the budget's must not)."""
+        return f"redis://:{self.secret('redis.password')}@127.0.0.1:{self.cache_redis_port}/0"
 
     def start(self, database_url: str) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -73,7 +80,8 @@ class Cluster:
             check=True,
             cwd=REPO,
         )
-        self._start_redis()
+        self._start_redis("redis", self.redis_port, "noeviction")
+        self._start_redis("cache-redis", self.cache_redis_port, "allkeys-lru")
         for n, port in enumerate(self.instance_ports, start=1):
             self.start_instance(n, port, database_url)
         self.start_haproxy()
@@ -83,6 +91,7 @@ class Cluster:
         """One line at once for a port another checkout (or anything) holds, not a long wait."""
         ours = {
             self.redis_port: "redis.pid",
+            self.cache_redis_port: "cache-redis.pid",
             self.port: "haproxy.pid",
             **{port: f"instance-{n}.pid" for n, port in enumerate(self.instance_ports, start=1)},
         }
@@ -91,19 +100,21 @@ class Cluster:
                 raise SystemExit(
                     f"port {port} on 127.0.0.1 is taken by another server (another checkout's"
                     " cluster? make cluster-stop there): choose other ports with PORT,"
-                    " CLUSTER_INSTANCE_PORT and CLUSTER_REDIS_PORT"
+                    " CLUSTER_INSTANCE_PORT, CLUSTER_REDIS_PORT and CLUSTER_CACHE_REDIS_PORT"
                 )
 
-    def _start_redis(self) -> None:
-        if _alive(self.directory / "redis.pid"):
+    def _start_redis(self, name: str, port: int, policy: str) -> None:
+        if _alive(self.directory / f"{name}.pid"):
             return
         subprocess.run(
             [
-                _program("redis-server"), "--port", str(self.redis_port), "--bind", "127.0.0.1",
+                _program("redis-server"), "--port", str(port), "--bind", "127.0.0.1",
                 "--requirepass", self.secret("redis.password"), "--save", "",
                 "--appendonly", "no", "--dir", str(self.directory), "--daemonize", "yes",
-                "--pidfile", str(self.directory / "redis.pid"),
-                "--logfile", str(self.directory / "redis.log"),
+                "--maxmemory", CACHE_MAXMEMORY if policy != "noeviction" else "0",
+                "--maxmemory-policy", policy,
+                "--pidfile", str(self.directory / f"{name}.pid"),
+                "--logfile", str(self.directory / f"{name}.log"),
             ],
             check=True,
         )  # fmt: skip
@@ -121,6 +132,8 @@ class Cluster:
             "TRUSTED_PROXIES": "127.0.0.1/32",
             "RATE_LIMIT_STORAGE_URL": self.redis_url,
             "UPSTREAM_CACHE": os.environ.get("UPSTREAM_CACHE") or self.cache_url,
+            "UPSTREAM_BASE_URL": os.environ.get("UPSTREAM_BASE_URL")
+            or "https://jsonplaceholder.typicode.com",
             "DRAIN_SECONDS": os.environ.get("DRAIN_SECONDS", "3"),
             "API_TOKEN": os.environ.get("API_TOKEN") or self.secret("api_token"),
         }
@@ -143,11 +156,15 @@ class Cluster:
         addresses = {
             f"app{n}": f"127.0.0.1:{port}" for n, port in enumerate(self.instance_ports, start=1)
         }
-        servers = "\n".join(
-            f"  server {name} {address} check"
-            for name, address in {**addresses, **(extra or {})}.items()
+        every = {**addresses, **(extra or {})}
+        servers = "\n".join(f"  server {name} {address} check" for name, address in every.items())
+        # no health check: a stopped instance is a connection failure, retried elsewhere
+        fallback = "\n".join(f"  server {name} {address}" for name, address in every.items())
+        config.write_text(
+            HAPROXY_CONFIG.format(
+                bind=f"{self.host}:{self.port}", servers=servers, fallback_servers=fallback
+            )
         )
-        config.write_text(HAPROXY_CONFIG.format(bind=f"{self.host}:{self.port}", servers=servers))
         pid_file = self.directory / "haproxy.pid"
         command = [_program("haproxy"), "-D", "-f", str(config), "-p", str(pid_file)]
         if _alive(pid_file):
@@ -191,6 +208,10 @@ defaults
 
 frontend web
   bind {bind}
+  # No instance ready: their shared database is away, or all are stopping. Send requests
+  # to them anyway (Envoy's panic threshold): what needs no database is still served,
+  # and what does gets the instance's own 503 problem, not HAProxy's page.
+  use_backend any_instance if {{ nbsrv(instances) eq 0 }}
   default_backend instances
 
 backend instances
@@ -200,6 +221,13 @@ backend instances
   http-check expect status 200
   default-server inter 1s fall 2 rise 1
 {servers}
+
+backend any_instance
+  balance roundrobin
+  http-request disable-l7-retry unless METH_GET
+  # the instance's 503 is the answer here: every instance would give the same
+  retry-on conn-failure empty-response junk-response
+{fallback_servers}
 """
 
 
@@ -243,6 +271,7 @@ def cluster_from_environment(instances: int) -> Cluster:
         instances=instances,
         first_instance_port=int(os.environ.get("CLUSTER_INSTANCE_PORT", "8101")),
         redis_port=int(os.environ.get("CLUSTER_REDIS_PORT", "6390")),
+        cache_redis_port=int(os.environ.get("CLUSTER_CACHE_REDIS_PORT", "6391")),
     )
 
 
@@ -264,8 +293,9 @@ def main() -> None:
     base = f"http://{cluster.host}:{cluster.port}"
     print(f"MariaDB       127.0.0.1:{database.port} (data in .run/mariadb)")
     print(
-        f"Redis         127.0.0.1:{cluster.redis_port} (password in .run/cluster/redis.password;"
-        " database 0 the write budget, 1 the upstream cache)"
+        f"Redis         127.0.0.1:{cluster.redis_port} the write budget (never evicts),"
+        f" 127.0.0.1:{cluster.cache_redis_port} the upstream cache ({CACHE_MAXMEMORY}, LRU);"
+        " password in .run/cluster/redis.password"
     )
     for n, port in enumerate(cluster.instance_ports, start=1):
         print(f"instance {n}    http://127.0.0.1:{port}  (log .run/cluster/instance-{n}.log)")

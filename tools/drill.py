@@ -11,6 +11,10 @@ Starts its own cluster (3 instances, WRITE_RATE_LIMIT=30/minute, ports of its ow
   the 30 writes of a budget, then none, whatever address each claims;
 - the Redis store stopped: writes keep working (admitted, counted in
   rate_limit_store_errors_total);
+- the database away (MariaDB frozen with SIGSTOP for 12 s) under mixed GETs through
+  HAProxy: every instance turns unready and HAProxy sends to them all anyway, so `/` and
+  the posts answer 200 throughout, the database routes 200 or the instance's 503
+  problem, never HAProxy's own page, and no answer is cut;
 
 prints one line per drill, stops the cluster, and exits 1 if any drill failed.
 """
@@ -26,7 +30,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterator
+from pathlib import Path
 
 import httpx
 
@@ -145,7 +150,57 @@ async def writes(base: str, count: int, **client_options: object) -> list[int]:
     return statuses
 
 
-async def drills(cluster: Cluster, database_url: str) -> bool:
+DATABASE_AWAY = 12.0
+NEEDS_NO_DATABASE = ("/", "/api/v1/posts/5")
+NEEDS_THE_DATABASE = ("/db", "/api/v1/users?limit=5")
+
+
+async def database_away(base: str, database: PrivateMariaDB) -> tuple[bool, str]:
+    """Mixed GETs through HAProxy while MariaDB is frozen, then back."""
+    pid = database.pid()
+    assert pid is not None
+    seen: collections.Counter[tuple[str, str]] = collections.Counter()
+    stop = asyncio.Event()
+
+    async def worker(path: str) -> None:
+        # an answer may take a while (each instance waits DB_POOL_TIMEOUT): not cut
+        async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+            while not stop.is_set():
+                try:
+                    answer = await client.get(path)
+                    kind = answer.headers.get("Content-Type", "").split(";")[0]
+                    seen[path, f"{answer.status_code} {kind}"] += 1
+                except httpx.HTTPError:
+                    seen[path, "no answer"] += 1
+                await asyncio.sleep(0.02)
+
+    paths = NEEDS_NO_DATABASE + NEEDS_THE_DATABASE
+    runners = [asyncio.create_task(worker(path)) for path in paths for _ in range(2)]
+    await asyncio.sleep(1)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        await asyncio.sleep(DATABASE_AWAY)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    await asyncio.sleep(4)
+    stop.set()
+    await asyncio.gather(*runners)
+    allowed = {
+        **{path: {"200 application/json"} for path in NEEDS_NO_DATABASE},
+        **{
+            path: {"200 application/json", "503 application/problem+json"}
+            for path in NEEDS_THE_DATABASE
+        },
+    }
+    passed = all(outcome in allowed[path] for path, outcome in seen)
+    figures = "; ".join(
+        f"{path} " + ", ".join(f"{outcome} x{n}" for (p, outcome), n in seen.items() if p == path)
+        for path in paths
+    )
+    return passed, figures
+
+
+async def drills(cluster: Cluster, database_url: str, database: PrivateMariaDB) -> bool:
     base = f"http://{cluster.host}:{cluster.port}"
     ports = cluster.instance_ports
     ok = True
@@ -219,6 +274,9 @@ async def drills(cluster: Cluster, database_url: str) -> bool:
         statuses.count(404) == 10 and counted,
         f"10 writes, {statuses.count(404)} admitted, store errors counted: {counted}",
     )
+    passed, figures = await database_away(base, database)
+    report(f"database away {DATABASE_AWAY:.0f} s", passed, figures)
+
     if os.geteuid() != 0:
         print("SKIP  partition: needs root for a network namespace", flush=True)
         return ok
@@ -340,6 +398,33 @@ def remove_namespace() -> None:
     subprocess.run(["ip", "netns", "del", NETNS], check=False)
 
 
+@contextlib.contextmanager
+def upstream(directory: Path) -> Iterator[str]:
+    """The loopback upstream (tools.upstream_stub) the instances fetch posts from."""
+    port = free_port()
+    directory.mkdir(parents=True, exist_ok=True)
+    with (directory / "upstream.log").open("ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "tools.upstream_stub", "--port", str(port)],
+            cwd=REPO, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+        )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                httpx.get(f"{base}/_stats", timeout=1)
+                break
+            except httpx.HTTPError:
+                if time.monotonic() > deadline:
+                    raise SystemExit("the upstream stub did not start") from None
+                time.sleep(0.1)
+        yield base
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
 def served(cluster: Cluster) -> int:
     """Requests the partitioned instance has answered, the balancer's health checks aside."""
     path = cluster.directory / "instance-p.log"
@@ -357,18 +442,26 @@ def main() -> None:
         instances=3,
         first_instance_port=free_ports_in_a_row(3),
         redis_port=free_port(),
+        cache_redis_port=free_port(),
     )
-    os.environ.update({"WRITE_RATE_LIMIT": f"{BUDGET}/minute", "DRAIN_SECONDS": "3"})
     os.environ.pop("API_TOKEN", None)
     started = time.monotonic()
-    try:
-        database.start()
-        cluster.start(database.url)
-        ok = asyncio.run(drills(cluster, database.url))
-    finally:
-        cluster.stop()
-        time.sleep(4)  # the instances drain before they stop
-        database.stop()
+    with upstream(directory) as upstream_base:
+        os.environ.update(
+            {
+                "WRITE_RATE_LIMIT": f"{BUDGET}/minute",
+                "DRAIN_SECONDS": "3",
+                "UPSTREAM_BASE_URL": upstream_base,
+            }
+        )
+        try:
+            database.start()
+            cluster.start(database.url)
+            ok = asyncio.run(drills(cluster, database.url, database))
+        finally:
+            cluster.stop()
+            time.sleep(4)  # the instances drain before they stop
+            database.stop()
     print(f"drills done in {time.monotonic() - started:.0f} s", flush=True)
     sys.exit(0 if ok else 1)
 

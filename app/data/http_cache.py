@@ -20,18 +20,21 @@ from __future__ import annotations
 import email.utils
 import functools
 import logging
+import math
 import time
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, replace
 from types import MappingProxyType
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import httpx
 import msgpack
 from hishel import AsyncBaseStorage, AsyncRedisStorage, Entry, Headers, Request, Response
-from redis.asyncio import Redis
+from redis.asyncio import Connection, Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app.telemetry.metrics import UPSTREAM_CACHE_STORE_ERRORS
 
@@ -45,7 +48,12 @@ ENTRY_OVERHEAD = 640
 # when a revalidation updates them): a day, so that answers fresh for hours can still be
 # revalidated.
 REDIS_ENTRY_TTL = 24 * 3600
-REDIS_TIMEOUT = 1.0  # seconds; a Redis that does not answer is a miss, not a stall
+# A Redis store's own deadline per operation, in seconds: a healthy one answers within a
+# millisecond, and a store that does not is a miss, never the upstream call's time.
+REDIS_TIMEOUT = 0.1
+# After a failure the store is skipped at once for this long, then tried again: a dead or
+# frozen store costs one short deadline, not one per upstream call.
+STORE_SKIPPED_FOR = 5.0
 WARN_EVERY = 60.0  # seconds between two warnings that the Redis store fails
 
 
@@ -56,7 +64,10 @@ def open_storage(cache: str, *, max_bytes: int, max_entry_bytes: int) -> AsyncBa
     if cache == "memory":
         return MemoryStorage(max_bytes=max_bytes, max_entry_bytes=max_entry_bytes)
     client = Redis.from_url(
-        cache, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT
+        cache,
+        socket_timeout=REDIS_TIMEOUT,
+        socket_connect_timeout=REDIS_TIMEOUT,
+        connection_class=guarded_connection(StoreBreaker(STORE_SKIPPED_FOR)),
     )
     store_log = logging.getLogger(AsyncRedisStorage.__module__)
     if not any(isinstance(f, StoreFailures) for f in store_log.filters):
@@ -67,6 +78,53 @@ def open_storage(cache: str, *, max_bytes: int, max_entry_bytes: int) -> AsyncBa
         max_stream_size=max_entry_bytes,
         key_prefix="upstream-cache",
     )
+
+
+class StoreBreaker:
+    """Open for `skipped_for` seconds after a store operation failed: every command fails
+    at once meanwhile (hishel treats that as a miss, or stores nothing), then the next
+    one tries the store again."""
+
+    def __init__(self, skipped_for: float) -> None:
+        self.skipped_for = skipped_for
+        self._open_until = -math.inf
+
+    def check(self) -> None:
+        if time.monotonic() < self._open_until:
+            raise RedisConnectionError("the upstream cache's store failed recently; skipped")
+
+    def failed(self) -> None:
+        self._open_until = time.monotonic() + self.skipped_for
+
+
+def guarded_connection(breaker: StoreBreaker) -> type[Connection]:
+    """redis-py's connection, with `breaker` on every command it sends (pipelines too)."""
+
+    class GuardedConnection(Connection):
+        async def connect(self) -> None:
+            breaker.check()
+            try:
+                await super().connect()  # type: ignore[no-untyped-call]  # unannotated upstream
+            except (RedisConnectionError, RedisTimeoutError):
+                breaker.failed()
+                raise
+
+        async def send_packed_command(self, *args: Any, **kwargs: Any) -> None:
+            breaker.check()
+            try:
+                await super().send_packed_command(*args, **kwargs)
+            except (RedisConnectionError, RedisTimeoutError):
+                breaker.failed()
+                raise
+
+        async def read_response(self, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return await super().read_response(*args, **kwargs)
+            except (RedisConnectionError, RedisTimeoutError):
+                breaker.failed()
+                raise
+
+    return GuardedConnection
 
 
 class StoreFailures(logging.Filter):

@@ -5,7 +5,6 @@ that does it, never by editing the JSON afterwards:
 
 - error answers are `application/problem+json` (RFC 9457), with the headers each status
   carries (401 `WWW-Authenticate`, 412 `ETag`, 429 and 503 `Retry-After`);
-- every write may be refused 429 by the write budget (app.web.rate_limit's methods);
 - answers without a body (204, 304) and the text answer of /metrics;
 - the request headers a route reads (`If-None-Match`, `If-Match`) as parameters, and
   `X-Request-ID` on every operation and every answer (app.telemetry.requests);
@@ -34,7 +33,6 @@ from app.models import (
 )
 from app.telemetry.requests import REQUEST_ID_HEADER, VALID_REQUEST_ID
 from app.web.errors import PROBLEM_JSON
-from app.web.rate_limit import WRITE_METHODS
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -170,7 +168,7 @@ class ProblemAwareOpenAPIProvider(OpenAPIProvider):
         paths, components = super().build_paths(rule)
         func = self._app.view_functions[rule.endpoint]
         for operations in paths.values():
-            for method, operation in operations.items():
+            for operation in operations.values():
                 # quart-schema shares one dict of parameters and responses between methods
                 operation["parameters"] = [
                     *operation["parameters"],
@@ -184,11 +182,6 @@ class ProblemAwareOpenAPIProvider(OpenAPIProvider):
                 ]
                 operation.setdefault("security", [])  # public: no credentials needed
                 responses = operation["responses"] = dict(operation["responses"])
-                if method.upper() in WRITE_METHODS:  # the write budget's refusal
-                    responses[429], definitions = self.build_response_object(
-                        Problem, PROBLEM_HEADERS[429]
-                    )
-                    components.update(definitions)
                 for status, headers in getattr(func, NO_BODY_ATTRIBUTE, ()):
                     responses[status] = {"headers": _header_objects(headers)}
                 if text := getattr(func, TEXT_ATTRIBUTE, None):

@@ -1,7 +1,10 @@
 """WRITE_RATE_LIMIT: one budget of writes per client, counted with the `limits` library.
 
-Every write of a client counts against the same budget, whichever route it goes to; reads
-are never counted. The client is the connection's peer address; behind TRUSTED_PROXIES,
+Every authenticated write of a client counts against the same budget, whichever route it
+goes to (app.web.writes spends it right after the token is checked); reads are never
+counted, nor are writes without a valid token: they are answered 401 at once and do no
+work, and counting them would let anyone behind the same address spend a real client's
+budget with made-up tokens. The client is the connection's peer address; behind TRUSTED_PROXIES,
 app.web.proxies has already put the forwarded client there. A forwarded header from
 anyone else is never believed: any client can invent one to escape its budget.
 
@@ -23,12 +26,12 @@ import redis.asyncio
 from limits import RateLimitItem, parse
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import MovingWindowRateLimiter
-from quart import Quart, request
+from quart import Quart, current_app, request
 
 from app.telemetry.metrics import RATE_LIMIT_STORE_ERRORS
 from app.web.errors import ApiError
 
-WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+BUDGET = "app.write_budget"
 NAMESPACE = "writes"
 STORE_TIMEOUT = 1.0
 WARN_EVERY = 60.0
@@ -60,8 +63,6 @@ class WriteBudget:
 
     async def spend(self) -> None:
         """Count a write against its client's budget; 429 with Retry-After when it is spent."""
-        if request.method not in WRITE_METHODS:
-            return
         client = request.remote_addr or ""
         try:
             async with asyncio.timeout(STORE_TIMEOUT):
@@ -91,5 +92,11 @@ class WriteBudget:
 
 def register_write_budget(app: Quart, limit: str, storage_url: str) -> None:
     budget = WriteBudget(limit, storage_url)
-    app.before_request(budget.spend)
+    app.extensions[BUDGET] = budget
     app.after_serving(budget.close)
+
+
+async def spend_write_budget() -> None:
+    """Count this write against its client's budget: 429 when it is spent."""
+    budget: WriteBudget = current_app.extensions[BUDGET]
+    await budget.spend()

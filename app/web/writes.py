@@ -1,9 +1,10 @@
 """What every write checks before its route runs, in one place and in one order.
 
-`@json_write(Model)` is a write with a JSON body: the bearer token (401), the content type
-(415), the body's size (413, Quart's MAX_CONTENT_LENGTH while reading it), JSON (400),
-then the schema (422); `@token_required` is a write without a body (the token only). Each
-documents in OpenAPI the answers its checks can give and the bearer scheme.
+`@json_write(Model)` is a write with a JSON body: the bearer token (401), the client's write
+budget (429), the content type (415), the body's size (413, Quart's MAX_CONTENT_LENGTH
+while reading it), JSON (400), then the schema (422); `@token_required` is a write without
+a body (the token and the budget). Each documents in OpenAPI the answers its checks can
+give and the bearer scheme.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from werkzeug.exceptions import BadRequest
 from app import deps
 from app.web.errors import ApiError
 from app.web.openapi import problems
+from app.web.rate_limit import spend_write_budget
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
@@ -61,9 +63,10 @@ def token_required(func: F) -> F:
     @wraps(func)
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
         check_token()
+        await spend_write_budget()
         return await func(*args, **kwargs)
 
-    return problems(401)(security_scheme([{BEARER: []}])(wrapper))  # type: ignore[return-value]
+    return problems(401, 429)(security_scheme([{BEARER: []}])(wrapper))  # type: ignore[return-value]
 
 
 def json_write(model: type[BaseModel]) -> Callable[[F], F]:
@@ -73,10 +76,11 @@ def json_write(model: type[BaseModel]) -> Callable[[F], F]:
         @wraps(validated)
         async def wrapper(*args: Any, **kwargs: Any) -> Any:
             check_token()
+            await spend_write_budget()
             await read_json()
             return await validated(*args, **kwargs)
 
         documented = security_scheme([{BEARER: []}])(wrapper)
-        return problems(400, 401, 413, 415, 422)(documented)  # type: ignore[return-value]
+        return problems(400, 401, 413, 415, 422, 429)(documented)  # type: ignore[return-value]
 
     return decorator

@@ -50,7 +50,7 @@ def upstream_stub(delay: float = 0.0) -> Iterator[str]:
         [
             sys.executable,
             "-m",
-            "tests.support.upstream_stub",
+            "tools.upstream_stub",
             "--port",
             str(port),
             "--delay",

@@ -1,6 +1,6 @@
 """A real upstream on loopback for end-to-end tests (and the benchmarks).
 
-    python -m tests.support.upstream_stub --port 8901 [--delay 0.05]
+    python -m tools.upstream_stub --port 8901 [--delay 0.05]
 
 Paths, chosen by the tests through UPSTREAM_URLS / UPSTREAM_BASE_URL:
   /posts/{id}            a Post; ids 1-100 exist, any other id is 404
