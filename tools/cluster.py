@@ -159,10 +159,14 @@ class Cluster:
         every = {**addresses, **(extra or {})}
         servers = "\n".join(f"  server {name} {address} check" for name, address in every.items())
         # no health check: a stopped instance is a connection failure, retried elsewhere
-        fallback = "\n".join(f"  server {name} {address}" for name, address in every.items())
+        backups = "\n".join(
+            f"  server {name}-any {address} backup" for name, address in every.items()
+        )
         config.write_text(
             HAPROXY_CONFIG.format(
-                bind=f"{self.host}:{self.port}", servers=servers, fallback_servers=fallback
+                bind=f"{self.host}:{self.port}",
+                servers=servers,
+                backup_servers=backups,
             )
         )
         pid_file = self.directory / "haproxy.pid"
@@ -208,10 +212,6 @@ defaults
 
 frontend web
   bind {bind}
-  # No instance ready: their shared database is away, or all are stopping. Send requests
-  # to them anyway (Envoy's panic threshold): what needs no database is still served,
-  # and what does gets the instance's own 503 problem, not HAProxy's page.
-  use_backend any_instance if {{ nbsrv(instances) eq 0 }}
   default_backend instances
 
 backend instances
@@ -221,13 +221,14 @@ backend instances
   http-check expect status 200
   default-server inter 1s fall 2 rise 1
 {servers}
-
-backend any_instance
-  balance roundrobin
-  http-request disable-l7-retry unless METH_GET
-  # the instance's 503 is the answer here: every instance would give the same
-  retry-on conn-failure empty-response junk-response
-{fallback_servers}
+  # No instance ready (their shared database is away, or all are stopping): send to them
+  # all anyway, Envoy's panic threshold. The same instances, unchecked, as backups, used
+  # only once every checked one is down: what needs no database is still served, what
+  # does gets the instance's own 503 problem (after HAProxy's retries), never HAProxy's
+  # page, and a GET retried at that moment still finds a server (with none, HAProxy
+  # closes the client's connection unanswered).
+  option allbackups
+{backup_servers}
 """
 
 

@@ -166,12 +166,14 @@ async def database_away(base: str, database: PrivateMariaDB) -> tuple[bool, str]
         # an answer may take a while (each instance waits DB_POOL_TIMEOUT): not cut
         async with httpx.AsyncClient(base_url=base, timeout=30) as client:
             while not stop.is_set():
+                asked = time.monotonic()
                 try:
                     answer = await client.get(path)
                     kind = answer.headers.get("Content-Type", "").split(";")[0]
                     seen[path, f"{answer.status_code} {kind}"] += 1
-                except httpx.HTTPError:
-                    seen[path, "no answer"] += 1
+                except httpx.HTTPError as error:
+                    waited = time.monotonic() - asked
+                    seen[path, f"no answer ({type(error).__name__} after {waited:.0f} s)"] += 1
                 await asyncio.sleep(0.02)
 
     paths = NEEDS_NO_DATABASE + NEEDS_THE_DATABASE
