@@ -3,7 +3,9 @@ things we add under hishel so that it keeps RFC 9111 as a shared cache must.
 
 hishel runs the caching rules under the shared httpx client (app.data.upstream). It has
 no storage in memory, so `MemoryStorage` is ours: bounded in bytes, least recently used
-out first. `redis://` uses hishel's own Redis storage, shared by workers and instances.
+out first. `redis://` uses hishel's own Redis storage, shared by workers and instances,
+on a redis-py connection with a short deadline and a breaker (`guarded_connection`): a
+cache store that fails is a miss at once, never the upstream call's time.
 
 hishel reckons an answer's age from its `Date` alone and lends freshness to an answer
 that has only `Last-Modified` (RFC 9111's optional heuristic). `DatedAnswers` sits under
