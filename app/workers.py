@@ -38,8 +38,12 @@ from hypercorn.config import Config, Sockets
 from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.utils import load_application
 from prometheus_client import multiprocess
+from pydantic_core import to_json
+from werkzeug.http import HTTP_STATUS_CODES
 
 from app.lifespan import start_draining
+from app.telemetry.requests import REQUEST_ID_HEADER, new_request_id, observe_unparsed
+from app.web.errors import PROBLEM_JSON
 
 RESTART_WINDOW = 60.0
 RESTART_BUDGET = 3
@@ -60,6 +64,7 @@ def serve_worker(
 
     if not settings.http2:
         serve_http11_only()
+    answer_unparsed_requests_with_problems()
 
     async def drained() -> None:
         await _told_to_stop(stopping)
@@ -87,6 +92,46 @@ def serve_http11_only() -> None:
         return None
 
     H11Protocol._check_protocol = answer_in_http11  # type: ignore[method-assign]
+
+
+# What hypercorn refuses before the app sees the request, and why, for the problem's detail.
+UNPARSED = {
+    400: "The request is not HTTP/1.1 the server can read: a malformed request line or"
+    " header, a bad Content-Length, or no Host.",
+    501: "The request uses a transfer coding the server does not implement.",
+}
+
+
+def answer_unparsed_requests_with_problems() -> None:
+    """hypercorn answers a request h11 cannot parse (a NUL in a header, a raw non-ASCII
+    byte in the target, a bad Content-Length, HTTP/1.1 without Host, a transfer coding
+    other than chunked) itself: an empty 400 or 501, with neither a type nor a request id,
+    in no log line and no metric. It becomes a problem like every other answer."""
+
+    async def send_problem(self: H11Protocol, status_code: int) -> None:
+        request_id = new_request_id()
+        detail = UNPARSED.get(status_code, HTTP_STATUS_CODES.get(status_code, "Refused."))
+        body = to_json(
+            {
+                "type": "about:blank",
+                "title": HTTP_STATUS_CODES.get(status_code, "Error"),
+                "status": status_code,
+                "detail": detail,
+            }
+        )
+        headers = [
+            (b"content-type", PROBLEM_JSON.encode()),
+            (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"),
+            (REQUEST_ID_HEADER.lower().encode(), request_id.encode()),
+            *self.config.response_headers("h11"),
+        ]
+        await self._send_h11_event(h11.Response(status_code=status_code, headers=headers))
+        await self._send_h11_event(h11.Data(data=body))
+        await self._send_h11_event(h11.EndOfMessage())
+        observe_unparsed(status_code, request_id)
+
+    H11Protocol._send_error_response = send_problem  # type: ignore[method-assign]
 
 
 async def _told_to_stop(stopping: EventType | None) -> None:

@@ -246,3 +246,37 @@ async def test_two_fan_outs_of_50_share_the_bound(migrated: str, tmp_path: Path)
 
 def _ids(ids: range) -> str:
     return ",".join(str(n) for n in ids)
+
+
+UNPARSED = {
+    "a raw byte in the target": (b"GET /\xff HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+    "a NUL in a header": (b"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\x00b\r\n\r\n", 400),
+    "a header without a colon": (b"GET / HTTP/1.1\r\nHost: x\r\nBroken\r\n\r\n", 400),
+    "HTTP/1.1 without Host": (b"GET /healthz HTTP/1.1\r\n\r\n", 400),
+    "a bad Content-Length": (
+        b"POST /api/v1/users HTTP/1.1\r\nHost: x\r\nContent-Length: x\r\n\r\n",
+        400,
+    ),
+    "a transfer coding": (
+        b"POST /api/v1/users HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n",
+        501,
+    ),
+}
+
+
+@pytest.mark.parametrize(("raw", "status"), UNPARSED.values(), ids=UNPARSED.keys())
+async def test_a_request_the_server_cannot_parse_gets_a_problem(
+    service: Service, raw: bytes, status: int
+) -> None:
+    port = int(service.base.rsplit(":", 1)[1])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(raw)
+    answer = await asyncio.wait_for(reader.read(), 10)  # it closes the connection after
+    writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").lower().split("\r\n")
+
+    assert lines[0].startswith(f"http/1.1 {status}")
+    assert "content-type: application/problem+json" in lines
+    assert any(line.startswith("x-request-id: ") for line in lines)
+    assert json.loads(body)["status"] == status

@@ -10,7 +10,8 @@ upgrade that changes one fails here, loudly, rather than in production, quietly.
 - quart-schema's conversion module builds a pydantic `TypeAdapter` by that module-level
   name on every validation; app.web.serialization swaps in a cached one (one per type).
 - hypercorn's `H11Protocol._check_protocol` is where a cleartext connection switches to
-  HTTP/2; app.workers replaces it unless HTTP2 is on.
+  HTTP/2; app.workers replaces it unless HTTP2 is on. Its `_send_error_response(status)`
+  answers what h11 cannot parse; app.workers replaces it to answer a problem.
 """
 
 from __future__ import annotations
@@ -76,3 +77,11 @@ def test_hypercorn_decides_on_cleartext_http2_in_one_method() -> None:
 
     assert "H2CProtocolRequiredError" in source
     assert "H2ProtocolAssumedError" in source
+
+
+def test_hypercorn_answers_what_it_cannot_parse_in_one_method() -> None:
+    # app.workers.answer_unparsed_requests_with_problems replaces it
+    parameters = list(inspect.signature(H11Protocol._send_error_response).parameters)
+
+    assert parameters == ["self", "status_code"]
+    assert "_send_error_response" in inspect.getsource(H11Protocol._handle_events)

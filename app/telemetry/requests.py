@@ -54,6 +54,12 @@ def new_request_id() -> str:
     return f"{random.getrandbits(128):032x}"
 
 
+def observe_unparsed(status: int, request_id: str) -> None:
+    """A request the server refused before the app saw it: counted and logged like any."""
+    counter("other", UNMATCHED, status).inc()
+    access_log.info("request", extra={"request_id": request_id, "status": status})
+
+
 def register_observability(app: Quart, monitor: LoopMonitor) -> None:
     @app.before_request
     async def start() -> None:
