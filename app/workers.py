@@ -38,12 +38,11 @@ from hypercorn.config import Config, Sockets
 from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.utils import load_application
 from prometheus_client import multiprocess
-from pydantic_core import to_json
 from werkzeug.http import HTTP_STATUS_CODES
 
 from app.lifespan import start_draining
 from app.telemetry.requests import REQUEST_ID_HEADER, new_request_id, observe_unparsed
-from app.web.errors import PROBLEM_JSON
+from app.web.errors import PROBLEM_JSON, problem_body
 
 RESTART_WINDOW = 60.0
 RESTART_BUDGET = 3
@@ -110,15 +109,8 @@ def answer_unparsed_requests_with_problems() -> None:
 
     async def send_problem(self: H11Protocol, status_code: int) -> None:
         request_id = new_request_id()
-        detail = UNPARSED.get(status_code, HTTP_STATUS_CODES.get(status_code, "Refused."))
-        body = to_json(
-            {
-                "type": "about:blank",
-                "title": HTTP_STATUS_CODES.get(status_code, "Error"),
-                "status": status_code,
-                "detail": detail,
-            }
-        )
+        detail = UNPARSED.get(status_code, HTTP_STATUS_CODES[status_code])
+        body = problem_body(status_code, detail)
         headers = [
             (b"content-type", PROBLEM_JSON.encode()),
             (b"content-length", str(len(body)).encode()),

@@ -24,11 +24,12 @@ from app import create_app
 from app.data.database import connect
 from app.data.migrate import migrate
 from app.settings import Settings
-from tests.support.processes import Service, running_service, upstream_stub
+from tests.support.processes import Service, running_service
 from tests.support.redis import private_redis
 from tests.support.settings import E2E_TOKEN, TOKEN, make_settings
 from tools.devdb import PrivateMariaDB
 from tools.ports import free_port
+from tools.upstream_stub import running_stub
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -127,7 +128,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def stub() -> Iterator[str]:
     """A real upstream on loopback (tools/upstream_stub.py)."""
-    with upstream_stub() as base:
+    with running_stub() as base:
         yield base
 
 

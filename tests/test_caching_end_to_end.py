@@ -10,7 +10,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.processes import Service, running_service, upstream_stub
+from tests.support.processes import Service, running_service
+from tools.upstream_stub import running_stub
 
 pytestmark = pytest.mark.e2e
 
@@ -20,7 +21,7 @@ IDS = ",".join(str(n) for n in range(1, 11))
 @pytest.fixture(scope="module")
 def slow_stub() -> Iterator[str]:
     # each call takes 0.3 s, so that requests sent together overlap at the upstream
-    with upstream_stub(delay=0.3) as base:
+    with running_stub(delay=0.3) as base:
         yield base
 
 

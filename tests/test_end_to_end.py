@@ -17,10 +17,10 @@ from tests.support.processes import (
     Service,
     running_service,
     serve_command,
-    upstream_stub,
 )
 from tests.support.settings import E2E_TOKEN
 from tools.ports import free_port
+from tools.upstream_stub import running_stub
 
 pytestmark = pytest.mark.e2e
 
@@ -228,7 +228,7 @@ async def test_two_fan_outs_of_50_share_the_bound(migrated: str, tmp_path: Path)
     # distinct ids in each: the same ids would share calls (coalescing)
     first, second = range(1, 51), range(51, 101)
 
-    with upstream_stub(delay=0.05) as slow_stub:
+    with running_stub(delay=0.05) as slow_stub:
         settings = {"UPSTREAM_BASE_URL": slow_stub, "UPSTREAM_MAX_CONCURRENCY": "10"}
         with running_service(tmp_path, DATABASE_URL=migrated, **settings) as service:
             async with httpx.AsyncClient(base_url=service.base, timeout=30) as client:

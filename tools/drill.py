@@ -30,8 +30,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Iterator
-from pathlib import Path
+from collections.abc import Awaitable
 
 import httpx
 
@@ -39,6 +38,7 @@ from tools import REPO
 from tools.cluster import Cluster, read_pid
 from tools.devdb import PrivateMariaDB
 from tools.ports import free_port
+from tools.upstream_stub import running_stub
 
 BUDGET = 30
 
@@ -400,33 +400,6 @@ def remove_namespace() -> None:
     subprocess.run(["ip", "netns", "del", NETNS], check=False)
 
 
-@contextlib.contextmanager
-def upstream(directory: Path) -> Iterator[str]:
-    """The loopback upstream (tools.upstream_stub) the instances fetch posts from."""
-    port = free_port()
-    directory.mkdir(parents=True, exist_ok=True)
-    with (directory / "upstream.log").open("ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "tools.upstream_stub", "--port", str(port)],
-            cwd=REPO, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-        )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                httpx.get(f"{base}/_stats", timeout=1)
-                break
-            except httpx.HTTPError:
-                if time.monotonic() > deadline:
-                    raise SystemExit("the upstream stub did not start") from None
-                time.sleep(0.1)
-        yield base
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-
-
 def served(cluster: Cluster) -> int:
     """Requests the partitioned instance has answered, the balancer's health checks aside."""
     path = cluster.directory / "instance-p.log"
@@ -448,7 +421,8 @@ def main() -> None:
     )
     os.environ.pop("API_TOKEN", None)
     started = time.monotonic()
-    with upstream(directory) as upstream_base:
+    directory.mkdir(parents=True, exist_ok=True)
+    with (directory / "upstream.log").open("ab") as log, running_stub(log=log) as upstream_base:
         os.environ.update(
             {
                 "WRITE_RATE_LIMIT": f"{BUDGET}/minute",

@@ -25,11 +25,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import socket
 import struct
-from collections.abc import Awaitable, Callable
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from typing import IO
 
+import httpx
 from aiohttp import web
+
+from tools import REPO
+from tools.ports import free_port
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -192,6 +201,35 @@ def build_app(delay: float = 0.0) -> web.Application:
     app.router.add_get("/_fail/{status:\\d{3}}", fail)
     app.router.add_get("/_reset", reset_counters)
     return app
+
+
+@contextlib.contextmanager
+def running_stub(delay: float = 0.0, log: IO[bytes] | None = None) -> Iterator[str]:
+    """This stub as a process of its own on a free port, until the block ends: its base URL.
+    The tests and `make cluster-drill` use it."""
+    port = free_port()
+    output = log if log is not None else subprocess.DEVNULL
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tools.upstream_stub", "--port", str(port), "--delay", str(delay)],
+        cwd=REPO, stdin=subprocess.DEVNULL, stdout=output, stderr=output,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"the upstream stub exited with {process.returncode}")
+            try:
+                httpx.get(f"{base}/_stats", timeout=1)
+                break
+            except httpx.TransportError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the upstream stub did not answer on {base}") from None
+                time.sleep(0.05)
+        yield base
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
 
 
 def main() -> None:

@@ -175,21 +175,21 @@ class Database:
         """
         if self.pool is None:
             return False
-        deadline = asyncio.get_running_loop().time() + within
-        for attempt in ("kept", "fresh"):
-            kept = self._pinger is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        retry = self._pinger is not None  # only a kept connection may have died idle
+        while True:
             try:
-                remaining = deadline - asyncio.get_running_loop().time()
-                async with self._pinger_connection(remaining) as pinger:
+                async with self._pinger_connection(deadline - loop.time()) as pinger:
                     await pinger.ping(reconnect=False)
             except TimeoutError:
                 return False
             except (asyncmy.errors.Error, OSError):
-                if attempt == "fresh" or not kept:
+                if not retry:
                     return False
+                retry = False  # the failed one was dropped: the next try opens a fresh one
                 continue
             return True
-        return False
 
     async def missing_migrations(self, within: float) -> list[str]:
         """The migrations this code needs that the database lacks, asked on the readiness

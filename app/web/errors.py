@@ -46,14 +46,8 @@ class ApiError(Exception):
         self.extensions = extensions
 
 
-def problem_response(
-    status: int,
-    detail: str,
-    *,
-    title: str | None = None,
-    headers: dict[str, str] | None = None,
-    **extensions: Any,
-) -> Response:
+def problem_body(status: int, detail: str, *, title: str | None = None, **extensions: Any) -> bytes:
+    """The problem+json body of an answer of `status`."""
     body = {
         "type": "about:blank",  # the status says it all (RFC 9457, 4.2.1)
         # werkzeug's phrase, as Quart's own errors have: the same on every Python
@@ -63,7 +57,19 @@ def problem_response(
         "detail": detail,
         **extensions,
     }
-    response = Response(to_json(body), status=status, content_type=PROBLEM_JSON)
+    return to_json(body)
+
+
+def problem_response(
+    status: int,
+    detail: str,
+    *,
+    title: str | None = None,
+    headers: dict[str, str] | None = None,
+    **extensions: Any,
+) -> Response:
+    body = problem_body(status, detail, title=title, **extensions)
+    response = Response(body, status=status, content_type=PROBLEM_JSON)
     response.headers.update(headers or {})
     return response
 

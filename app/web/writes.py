@@ -59,11 +59,17 @@ async def read_json() -> None:
         ) from None
 
 
+async def admit_write() -> None:
+    """The token first (401), then the client's budget (429): a write without a valid token
+    spends none of it."""
+    check_token()
+    await spend_write_budget()
+
+
 def token_required(func: F) -> F:
     @wraps(func)
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
-        check_token()
-        await spend_write_budget()
+        await admit_write()
         return await func(*args, **kwargs)
 
     return problems(401, 429)(security_scheme([{BEARER: []}])(wrapper))  # type: ignore[return-value]
@@ -75,8 +81,7 @@ def json_write(model: type[BaseModel]) -> Callable[[F], F]:
 
         @wraps(validated)
         async def wrapper(*args: Any, **kwargs: Any) -> Any:
-            check_token()
-            await spend_write_budget()
+            await admit_write()
             await read_json()
             return await validated(*args, **kwargs)
 

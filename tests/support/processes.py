@@ -43,31 +43,6 @@ def wait_until_answering(url: str, process: subprocess.Popen[bytes], timeout: fl
     raise RuntimeError(f"{url} did not answer within {timeout} s")
 
 
-@contextmanager
-def upstream_stub(delay: float = 0.0) -> Iterator[str]:
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tools.upstream_stub",
-            "--port",
-            str(port),
-            "--delay",
-            str(delay),
-        ],
-        env=clean_environ(),
-        cwd=REPO,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_answering(f"{base}/_stats", process)
-        yield base
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-
-
 @dataclass
 class Service:
     base: str
