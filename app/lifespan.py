@@ -79,6 +79,7 @@ def register_lifespan(
                 settings.upstream_cache,
                 max_bytes=settings.upstream_cache_max_bytes,
                 max_entry_bytes=settings.upstream_max_body_bytes,
+                stale_if_error=settings.upstream_stale_if_error,
             )
             client = open_client(settings, upstream_transport, storage)
             upstream = Upstream(

@@ -12,6 +12,10 @@ upgrade that changes one fails here, loudly, rather than in production, quietly.
 - hypercorn's `H11Protocol._check_protocol` is where a cleartext connection switches to
   HTTP/2; app.workers replaces it unless HTTP2 is on. Its `_send_error_response(status)`
   answers what h11 cannot parse; app.workers replaces it to answer a problem.
+- hishel's `AsyncRedisStorage` keeps `_client`, `_data_keys`, `_idx_key` and
+  `_extend_expiry`; app.data.http_cache's `ServableRedisStorage` uses them to renew an
+  entry's time in Redis after a 304 (checked against a real Redis in
+  tests/test_upstream_cache.py, test_a_revalidated_redis_entry_lives_...).
 """
 
 from __future__ import annotations

@@ -14,8 +14,11 @@ import httpx
 import pytest
 import respx
 from prometheus_client import REGISTRY
+from redis.asyncio import Redis
 
 from app.data.http_cache import (
+    REVALIDATE_WITHIN,
+    SOFT_DELETE,
     FreshAnswers,
     MemoryStorage,
     date_answer,
@@ -390,7 +393,7 @@ async def test_the_redis_cache_is_shared_by_processes(
     route = respx_mock.get(URL).mock(return_value=answer({"Cache-Control": "max-age=60"}))
     results = []
     for _ in range(2):  # two clients, two storages: as two workers or instances
-        storage = open_storage(redis_url, max_bytes=0, max_entry_bytes=MAX_BODY)
+        storage = open_storage(redis_url, max_bytes=0, max_entry_bytes=MAX_BODY, stale_if_error=0)
         async with cached_upstream(storage) as upstream:
             results.append(await upstream.get_post(7))
 
@@ -399,7 +402,7 @@ async def test_the_redis_cache_is_shared_by_processes(
 
 
 async def test_with_the_cache_off_every_get_is_a_call(respx_mock: respx.MockRouter) -> None:
-    assert open_storage("off", max_bytes=1, max_entry_bytes=1) is None
+    assert open_storage("off", max_bytes=1, max_entry_bytes=1, stale_if_error=0) is None
     route = respx_mock.get(URL).mock(return_value=answer({"Cache-Control": "max-age=60"}))
     settings = make_settings("mysql://unused@127.0.0.1/unused")
     client = open_client(settings, httpx.AsyncHTTPTransport())
@@ -439,7 +442,9 @@ async def test_a_redis_cache_that_does_not_answer_costs_misses_and_one_warning(
         )
     )
     failures = REGISTRY.get_sample_value("upstream_cache_store_errors_total") or 0.0
-    storage = open_storage(f"redis://127.0.0.1:{free_port()}/0", max_bytes=0, max_entry_bytes=1)
+    storage = open_storage(
+        f"redis://127.0.0.1:{free_port()}/0", max_bytes=0, max_entry_bytes=1, stale_if_error=0
+    )
     async with cached_upstream(storage) as upstream:
         results = [await upstream.get_post(post_id) for post_id in (7, 8, 9)]
 
@@ -483,7 +488,7 @@ async def test_a_frozen_store_costs_a_healthy_upstream_nothing(
         )
     )
     async with frozen_store() as (url, offered):
-        storage = open_storage(url, max_bytes=0, max_entry_bytes=MAX_BODY)
+        storage = open_storage(url, max_bytes=0, max_entry_bytes=MAX_BODY, stale_if_error=0)
         # the upstream's own timeout is 0.5 s: the store's waits must not eat it
         async with cached_upstream(storage) as upstream:
             results = [await upstream.get_post(post_id) for post_id in range(1, 11)]
@@ -491,3 +496,77 @@ async def test_a_frozen_store_costs_a_healthy_upstream_nothing(
     assert [result.body.id for result in results] == list(range(1, 11))
     assert route.call_count == 10
     assert len(offered) == 1  # tried once, then skipped: no command per call
+
+
+@contextlib.asynccontextmanager
+async def redis_cache_keys(redis_url: str, db: int) -> AsyncIterator[Redis]:
+    """A Redis database of its own on the private server, empty, for one test."""
+    store = Redis.from_url(f"{redis_url.rsplit('/', 1)[0]}/{db}")
+    await store.flushdb()
+    try:
+        yield store
+    finally:
+        await store.flushdb()
+        await store.aclose()
+
+
+async def lifetimes(store: Redis) -> dict[str, float]:
+    """Each cache key and the seconds it has left in Redis."""
+    return {
+        key.decode().split(":")[1]: await store.pttl(key) / 1000
+        async for key in store.scan_iter("upstream-cache:*")
+    }
+
+
+async def test_redis_entries_expire_once_they_can_no_longer_be_served(
+    respx_mock: respx.MockRouter, redis_url: str
+) -> None:
+    respx_mock.get(url__startswith=f"{BASE}/posts/").mock(
+        side_effect=[
+            answer({"Cache-Control": "max-age=60"}),  # fresh 60 s, then 30 s stale-if-error
+            answer({"Cache-Control": "max-age=60", "ETag": '"8"'}, body={**POST, "id": 8}),
+        ]
+    )
+    async with redis_cache_keys(redis_url, db=3) as store:
+        storage = open_storage(
+            f"{redis_url.rsplit('/', 1)[0]}/3",
+            max_bytes=0,
+            max_entry_bytes=MAX_BODY,
+            stale_if_error=30,
+        )
+        async with cached_upstream(storage, stale_if_error=30) as upstream:
+            await upstream.get_post(7)
+            first = await lifetimes(store)
+            await upstream.get_post(8)  # may also be revalidated for REVALIDATE_WITHIN
+            both = await lifetimes(store)
+
+    kept_after_expiry = SOFT_DELETE
+    assert first.keys() == {"entry", "stream", "stream_done", "idx"}
+    assert all(60 + 30 < left <= 60 + 30 + kept_after_expiry for left in first.values())
+    assert max(both.values()) > 60 + REVALIDATE_WITHIN
+    assert all(left <= 60 + REVALIDATE_WITHIN + kept_after_expiry for left in both.values())
+
+
+async def test_a_revalidated_redis_entry_lives_as_long_as_its_new_freshness(
+    respx_mock: respx.MockRouter, redis_url: str
+) -> None:
+    stale = answer({"Cache-Control": "max-age=10", "ETag": '"7"', "Date": http_date(100)})
+    renewed = httpx.Response(304, headers={"Date": http_date(), "Cache-Control": "max-age=7200"})
+    route = respx_mock.get(URL).mock(side_effect=[stale, renewed])
+    async with redis_cache_keys(redis_url, db=4) as store:
+        storage = open_storage(
+            f"{redis_url.rsplit('/', 1)[0]}/4",
+            max_bytes=0,
+            max_entry_bytes=MAX_BODY,
+            stale_if_error=0,
+        )
+        async with cached_upstream(storage) as upstream:
+            await upstream.get_post(7)
+            before = await lifetimes(store)
+            revalidated = await upstream.get_post(7)
+            after = await lifetimes(store)
+
+    assert route.call_count == 2
+    assert revalidated.cache == "revalidated"
+    assert max(before.values()) <= REVALIDATE_WITHIN + SOFT_DELETE
+    assert all(left > 7200 + REVALIDATE_WITHIN - 60 for left in after.values())

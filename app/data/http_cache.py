@@ -4,7 +4,8 @@ things we add under hishel so that it keeps RFC 9111 as a shared cache must.
 hishel runs the caching rules under the shared httpx client (app.data.upstream). It has
 no storage in memory, so `MemoryStorage` is ours: bounded in bytes, least recently used
 out first. `redis://` uses hishel's own Redis storage, shared by workers and instances,
-on a redis-py connection with a short deadline and a breaker (`guarded_connection`): a
+each entry kept only while it can be served (`ServableRedisStorage`), on a redis-py
+connection with a short deadline and a breaker (`guarded_connection`): a
 cache store that fails is a miss at once, never the upstream call's time.
 
 hishel reckons an answer's age from its `Date` alone and lends freshness to an answer
@@ -36,6 +37,7 @@ import msgpack
 from hishel import AsyncBaseStorage, AsyncRedisStorage, Entry, Headers, Request, Response
 from redis.asyncio import Connection, Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app.telemetry.metrics import UPSTREAM_CACHE_STORE_ERRORS
@@ -46,10 +48,11 @@ T = TypeVar("T")
 # the id, the key and the objects' own headers (measured with tracemalloc, rounded up).
 ENTRY_OVERHEAD = 640
 
-# Redis entries go this long after they were stored (hishel's storage keeps the expiry
-# when a revalidation updates them): a day, so that answers fresh for hours can still be
-# revalidated.
-REDIS_ENTRY_TTL = 24 * 3600
+# An entry with a validator (ETag, Last-Modified) can still be served after its freshness
+# and stale windows, once a 304 renews it: Redis keeps it this much longer for that.
+REVALIDATE_WITHIN = 3600
+# hishel keeps an expired entry's keys this long, for readers still streaming its body.
+SOFT_DELETE = 180
 # A Redis store's own deadline per operation, in seconds: a healthy one answers within a
 # millisecond, and a store that does not is a miss, never the upstream call's time.
 REDIS_TIMEOUT = 0.1
@@ -59,8 +62,14 @@ STORE_SKIPPED_FOR = 5.0
 WARN_EVERY = 60.0  # seconds between two warnings that the Redis store fails
 
 
-def open_storage(cache: str, *, max_bytes: int, max_entry_bytes: int) -> AsyncBaseStorage | None:
-    """The storage UPSTREAM_CACHE names; None when it is `off`."""
+def open_storage(
+    cache: str, *, max_bytes: int, max_entry_bytes: int, stale_if_error: float
+) -> AsyncBaseStorage | None:
+    """The storage UPSTREAM_CACHE names; None when it is `off`.
+
+    `stale_if_error` (UPSTREAM_STALE_IF_ERROR) is how long past its freshness an answer
+    may still be served: Redis keeps entries that long, and no longer.
+    """
     if cache == "off":
         return None
     if cache == "memory":
@@ -74,12 +83,61 @@ def open_storage(cache: str, *, max_bytes: int, max_entry_bytes: int) -> AsyncBa
     store_log = logging.getLogger(AsyncRedisStorage.__module__)
     if not any(isinstance(f, StoreFailures) for f in store_log.filters):
         store_log.addFilter(StoreFailures())
-    return AsyncRedisStorage(
-        client,
-        default_ttl=REDIS_ENTRY_TTL,
-        max_stream_size=max_entry_bytes,
-        key_prefix="upstream-cache",
+    return ServableRedisStorage(
+        client, stale_if_error=stale_if_error, max_stream_size=max_entry_bytes
     )
+
+
+class ServableRedisStorage(AsyncRedisStorage):
+    """hishel's Redis storage, each entry kept only for as long as it can be served: its
+    freshness, then the longest window it may still be served in (stale-if-error, or a
+    revalidation if it has a validator), then hishel's SOFT_DELETE. A 304 that renews
+    an entry's freshness renews its time in Redis too (hishel keeps the first expiry).
+    """
+
+    def __init__(self, client: Redis, *, stale_if_error: float, max_stream_size: int) -> None:
+        super().__init__(
+            client,
+            default_ttl=None,
+            max_stream_size=max_stream_size,
+            key_prefix="upstream-cache",
+            soft_delete_ttl=SOFT_DELETE,
+        )
+        self.stale_if_error = stale_if_error
+
+    def servable_for(self, headers: Headers) -> float:
+        """Seconds from now that an answer with these headers can still be served."""
+        seen = freshness(headers, now=time.time())
+        windows = [self.stale_if_error if seen.may_serve_stale else 0.0]
+        if "ETag" in headers or "Last-Modified" in headers:
+            windows.append(REVALIDATE_WITHIN)
+        return seen.fresh_for + max(windows)
+
+    async def create_entry(
+        self,
+        request: Request,
+        response: Response,
+        key: str,
+        *,
+        ttl: float | None = None,
+        tti: float | None = None,
+    ) -> Entry:
+        servable_for = self.servable_for(response.headers)
+        return await super().create_entry(request, response, key, ttl=servable_for, tti=tti)
+
+    async def update_headers(self, id: uuid.UUID, headers: Headers) -> None:
+        await super().update_headers(id, headers)
+        _, _, done_key = self._data_keys(id)
+        try:
+            done = await self._client.get(done_key)
+        except RedisError:
+            return  # hishel's own update has been logged as failed already
+        if done is None:
+            return
+        *_, cache_key = msgpack.unpackb(done)
+        now = time.time()
+        expires_at = now + self.servable_for(headers)
+        await self._extend_expiry(self._idx_key(cache_key.decode()), id, expires_at, now)
 
 
 class StoreBreaker:
