@@ -280,3 +280,40 @@ async def test_a_request_the_server_cannot_parse_gets_a_problem(
     assert "content-type: application/problem+json" in lines
     assert any(line.startswith("x-request-id: ") for line in lines)
     assert json.loads(body)["status"] == status
+
+
+WEBSOCKET_UPGRADES = {
+    "to an HTTP route": ("/", "x", 400, "no WebSocket endpoints"),
+    "to no route": ("/no/such/route", "x", 404, "not found"),
+    "with a malformed Host": ("/", "a..b", 400, "The Host header"),
+}
+
+
+@pytest.mark.parametrize(
+    ("path", "host", "status", "says"), WEBSOCKET_UPGRADES.values(), ids=WEBSOCKET_UPGRADES.keys()
+)
+async def test_a_websocket_upgrade_gets_a_problem_with_its_request_id(
+    service: Service, path: str, host: str, status: int, says: str
+) -> None:
+    request_id = f"ws-upgrade-{len(host)}-{status}"
+    port = int(service.base.rsplit(":", 1)[1])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+        "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        f"X-Request-ID: {request_id}\r\n\r\n".encode()
+    )
+    head = (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)).decode("latin-1")
+    lines = head.lower().split("\r\n")
+    length = next(int(line.split(":")[1]) for line in lines if line.startswith("content-length"))
+    body = json.loads(await asyncio.wait_for(reader.readexactly(length), 10))
+    writer.close()
+
+    assert lines[0].startswith(f"http/1.1 {status}")
+    assert "content-type: application/problem+json" in lines
+    assert f"x-request-id: {request_id}" in lines
+    assert body["status"] == status
+    assert says in body["detail"]
+    logged = [line for line in service.log_lines() if request_id in line]
+    assert len(logged) == 1
+    assert json.loads(logged[0])["status"] == status

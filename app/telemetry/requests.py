@@ -1,7 +1,8 @@
 """What every request goes through: its id, its log line, its metrics, the loop guard.
 
-One before_request and one after_request hook do it all: each Quart hook and each look-up
-of `request` costs microseconds, and every request pays them.
+One before_request and one after_request hook do it all (and their twins for a WebSocket
+upgrade): each Quart hook and each look-up of `request` costs microseconds, and every
+request pays them.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import re
 import time
 from typing import Any, NamedTuple
 
-from quart import Quart, Response, request
+from quart import Quart, Response, request, websocket
+from quart.typing import ResponseTypes
+from quart.wrappers import BaseRequestWebsocket
 
 from app.telemetry.logs import request_id_var
 from app.telemetry.loop_monitor import LoopMonitor
@@ -61,49 +64,76 @@ def observe_unparsed(status: int, request_id: str) -> None:
 
 
 def register_observability(app: Quart, monitor: LoopMonitor) -> None:
+    # A WebSocket upgrade takes Quart's websocket path, with hooks of its own: the service
+    # has no WebSocket routes, but its refusal is observed like any answer.
     @app.before_request
     async def start() -> None:
         # the request itself, not its proxy: each look-up through the proxy costs
-        current = request._get_current_object()  # type: ignore[attr-defined]
-        offered = current.headers.get(REQUEST_ID_HEADER)
-        if offered is None or not VALID_REQUEST_ID.fullmatch(offered):
-            offered = new_request_id()
-        request_id_var.set(offered)
-        route = current.url_rule.rule if current.url_rule is not None else UNMATCHED
-        current.observed = Observed(offered, route, time.perf_counter())
-        monitor.enter(route)
+        begin(request._get_current_object(), monitor)  # type: ignore[attr-defined]
+
+    @app.before_websocket
+    async def start_websocket() -> None:
+        begin(websocket._get_current_object(), monitor)  # type: ignore[attr-defined]
 
     @app.after_request
     async def finish(response: Response) -> Response:
-        current = request._get_current_object()  # type: ignore[attr-defined]
-        observed = getattr(current, "observed", None)
-        if observed is None:  # failed before `start` ran
-            observed = Observed(new_request_id(), UNMATCHED, None)
-        request_id, route, started = observed
-        response.headers[REQUEST_ID_HEADER] = request_id
-        status = response.status_code
-        method = current.method if current.method in METHODS else "other"
-        counter(method, route, status).inc()
-        duration = time.perf_counter() - started if started is not None else None
-        if duration is not None:
-            histogram(method, route).observe(duration)
-        if access_log.isEnabledFor(logging.INFO):
-            access_log.info(
-                "request",
-                extra={
-                    "request_id": request_id,
-                    "method": current.method,
-                    "path": current.path,
-                    "route": route if route != UNMATCHED else None,
-                    "status": status,
-                    "duration_ms": round(duration * 1000, 3) if duration is not None else None,
-                    "client": current.remote_addr,
-                },
-            )
+        return end(request._get_current_object(), response)  # type: ignore[attr-defined]
+
+    @app.after_websocket
+    async def finish_websocket(response: ResponseTypes | None) -> ResponseTypes | None:
+        # a refused upgrade has an answer (an accepted one would have none)
+        if isinstance(response, Response):
+            end(websocket._get_current_object(), response)  # type: ignore[attr-defined]
         return response
 
     @app.teardown_request
     async def leave(exc: BaseException | None) -> None:
-        observed = getattr(request._get_current_object(), "observed", None)  # type: ignore[attr-defined]
-        if observed is not None:
-            monitor.leave(observed.route)
+        leaving(request._get_current_object(), monitor)  # type: ignore[attr-defined]
+
+    @app.teardown_websocket
+    async def leave_websocket(exc: BaseException | None) -> None:
+        leaving(websocket._get_current_object(), monitor)  # type: ignore[attr-defined]
+
+
+def begin(current: BaseRequestWebsocket, monitor: LoopMonitor) -> None:
+    offered = current.headers.get(REQUEST_ID_HEADER)
+    if offered is None or not VALID_REQUEST_ID.fullmatch(offered):
+        offered = new_request_id()
+    request_id_var.set(offered)
+    route = current.url_rule.rule if current.url_rule is not None else UNMATCHED
+    current.observed = Observed(offered, route, time.perf_counter())  # type: ignore[attr-defined]
+    monitor.enter(route)
+
+
+def end(current: BaseRequestWebsocket, response: Response) -> Response:
+    observed = getattr(current, "observed", None)
+    if observed is None:  # failed before `begin` ran
+        observed = Observed(new_request_id(), UNMATCHED, None)
+    request_id, route, started = observed
+    response.headers[REQUEST_ID_HEADER] = request_id
+    status = response.status_code
+    method = current.method if current.method in METHODS else "other"
+    counter(method, route, status).inc()
+    duration = time.perf_counter() - started if started is not None else None
+    if duration is not None:
+        histogram(method, route).observe(duration)
+    if access_log.isEnabledFor(logging.INFO):
+        access_log.info(
+            "request",
+            extra={
+                "request_id": request_id,
+                "method": current.method,
+                "path": current.path,
+                "route": route if route != UNMATCHED else None,
+                "status": status,
+                "duration_ms": round(duration * 1000, 3) if duration is not None else None,
+                "client": current.remote_addr,
+            },
+        )
+    return response
+
+
+def leaving(current: BaseRequestWebsocket, monitor: LoopMonitor) -> None:
+    observed = getattr(current, "observed", None)
+    if observed is not None:
+        monitor.leave(observed.route)

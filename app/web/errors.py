@@ -18,6 +18,7 @@ from quart_schema import RequestSchemaValidationError
 from quart_schema.validation import QuerystringValidationError
 from werkzeug.exceptions import HTTPException
 from werkzeug.http import HTTP_STATUS_CODES
+from werkzeug.routing import WebsocketMismatch
 
 from app.data.database import DatabaseUnavailable
 from app.data.upstream import UpstreamError
@@ -25,6 +26,9 @@ from app.data.users import EmailTaken
 from app.models import UPSTREAM_STATUS
 
 PROBLEM_JSON = "application/problem+json"
+NO_WEBSOCKETS = (
+    "This service has no WebSocket endpoints: send the request without `Upgrade: websocket`."
+)
 
 
 log = logging.getLogger(__name__)
@@ -116,6 +120,8 @@ def register_error_handlers(app: Quart) -> None:
     async def http_exception(error: HTTPException) -> Response:
         # Routing (404, 405 with its Allow header), 413 and the like, raised by Quart itself.
         status = error.code or 500
+        if isinstance(error, WebsocketMismatch):
+            return problem_response(400, NO_WEBSOCKETS)
         headers = {
             name: value
             for name, value in error.get_headers()

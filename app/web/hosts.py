@@ -18,7 +18,7 @@ import re
 from typing import Any
 
 from hypercorn.typing import ASGIFramework, ASGIReceiveCallable, ASGISendCallable, Scope
-from quart import Quart, request
+from quart import Quart, request, websocket
 
 from app.web.errors import ApiError
 
@@ -75,10 +75,18 @@ def register_host_check(app: Quart) -> None:
 
     @app.before_request
     async def refuse_host() -> None:
-        if request.scope.get(REFUSED_HOST):
-            raise ApiError(
-                400,
-                "The Host header is not a valid host: a name of dot-separated labels of 1"
-                " to 63 characters, an IPv4 address or a bracketed IPv6 address, then an"
-                " optional port (RFC 9112 section 3.2). Send exactly one.",
-            )
+        refuse_marked(request.scope)
+
+    @app.before_websocket
+    async def refuse_websocket_host() -> None:
+        refuse_marked(websocket.scope)
+
+
+def refuse_marked(scope: Any) -> None:
+    if scope.get(REFUSED_HOST):
+        raise ApiError(
+            400,
+            "The Host header is not a valid host: a name of dot-separated labels of 1"
+            " to 63 characters, an IPv4 address or a bracketed IPv6 address, then an"
+            " optional port (RFC 9112 section 3.2). Send exactly one.",
+        )
