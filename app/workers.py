@@ -228,14 +228,18 @@ def supervise(
             running.append(replacement)
 
     tell_workers()
+    # Each worker listens on its own copy until its drain ends. Once the last one closes,
+    # a new connection must be refused: while this copy stayed open the kernel went on
+    # accepting connections that no process would answer, reset when this one exited.
+    for sock in [*sockets.insecure_sockets, *sockets.secure_sockets]:
+        sock.close()
     for process in running:
         process.join(drain_seconds + config.graceful_timeout + 5)
         if process.exitcode is None:
             process.terminate()
             process.join()
         _forget(process, metrics_dir)
-    for sock in [*sockets.insecure_sockets, *sockets.secure_sockets]:
-        sock.close()
+    log.info("every worker has stopped", extra={"exit_code": exit_code})
     return exit_code
 
 

@@ -240,6 +240,56 @@ async def test_answers_written_after_sigterm_say_connection_close(
     assert [answer.headers.get("Connection") for answer in answers] == ["close"] * 8  # type: ignore[union-attr]
 
 
+async def connection_attempt(port: int) -> str:
+    """A new connection's fate: `refused`, `answered`, or `unanswered` (accepted, then
+    closed or reset without a byte)."""
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    except ConnectionRefusedError:
+        return "refused"
+    try:
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = await asyncio.wait_for(reader.read(64), 15)
+    except (ConnectionError, TimeoutError):
+        answer = b""
+    finally:
+        writer.close()
+    return "answered" if answer.startswith(b"HTTP/1.1") else "unanswered"
+
+
+async def connection_attempts(port: int, count: int, every: float) -> list[str]:
+    """`count` new connections, one every `every` seconds, each left to its fate."""
+    attempts = []
+    for _ in range(count):
+        await asyncio.sleep(every)
+        attempts.append(asyncio.create_task(connection_attempt(port)))
+    return await asyncio.gather(*attempts)
+
+
+async def test_a_stopping_server_refuses_new_connections_rather_than_dropping_them(
+    stub: str, migrated: str, tmp_path: Path
+) -> None:
+    settings = {"UPSTREAM_URLS": f"{stub}/slow/1/1", "SHUTDOWN_GRACE": "10", "WORKERS": "2"}
+    with running_service(tmp_path, DATABASE_URL=migrated, **settings) as service:
+        port = int(service.base.rsplit(":", 1)[1])
+        attempting: list[asyncio.Task[list[str]]] = []
+
+        def stop_then_connect() -> None:
+            service.process.send_signal(signal.SIGTERM)
+            # while the in-flight requests (0.6 s left) finish
+            attempting.append(asyncio.create_task(connection_attempts(port, 8, every=0.05)))
+
+        answers = await in_flight_then(service, stop_then_connect, connections=8)
+        fates = await attempting[0]
+        exit_code = await asyncio.to_thread(service.process.wait, 20)
+
+    assert [getattr(answer, "status_code", repr(answer)) for answer in answers] == [200] * 8
+    assert exit_code == 0
+    assert len(fates) == 8
+    assert "unanswered" not in fates  # the client cannot tell whether it was processed
+    assert "refused" in fates
+
+
 def test_workers_stop_by_themselves_when_their_supervisor_is_gone(
     migrated: str, tmp_path: Path
 ) -> None:
