@@ -247,6 +247,8 @@ def start_server(
         # hypercorn configured by the service's own code: see the peer's main()
         command = [sys.executable, "-m", "bench.peers.quart_floor"]
         env |= db_env | {
+            # read by the service's settings, which the floor's hypercorn settings come from
+            "DATABASE_URL": database.url,
             "BENCH_UPSTREAM_BASE_URL": upstream.base,
             "BENCH_UPSTREAM_MAX_CONCURRENCY": str(CONCURRENCY_LIMIT),
             "PORT": str(port),

@@ -276,13 +276,16 @@ class Database:
         if self.pool is None:
             raise DatabaseUnavailable()
         deadline = asyncio.get_running_loop().time() + self.query_timeout
-        try:
-            async with asyncio.timeout(self.pool_timeout):
-                await self._slots.acquire()
-        except TimeoutError:
-            raise DatabaseUnavailable(
-                "Every database connection is busy; try again shortly."
-            ) from None
+        if self._slots.locked():
+            try:
+                async with asyncio.timeout(self.pool_timeout):
+                    await self._slots.acquire()
+            except TimeoutError:
+                raise DatabaseUnavailable(
+                    "Every database connection is busy; try again shortly."
+                ) from None
+        else:
+            await self._slots.acquire()  # a slot is free and nobody waits: taken at once
         try:
             connection = await self._checkout(deadline)
             try:
