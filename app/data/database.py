@@ -272,33 +272,39 @@ class Database:
 
     @contextlib.asynccontextmanager
     async def connection(self) -> AsyncIterator[asyncmy.Connection]:
-        """A pooled connection, within both bounds; the database failing becomes a 503."""
+        """A pooled connection, within both bounds; the database failing becomes a 503.
+
+        One timer bounds both: the wait for a slot until `pool_timeout`, then, moved on,
+        the checkout and the statement until `query_timeout` from the start.
+        """
         if self.pool is None:
             raise DatabaseUnavailable()
-        deadline = asyncio.get_running_loop().time() + self.query_timeout
-        if self._slots.locked():
-            try:
-                async with asyncio.timeout(self.pool_timeout):
-                    await self._slots.acquire()
-            except TimeoutError:
+        started = asyncio.get_running_loop().time()
+        deadline = started + self.query_timeout
+        waiting = True
+        try:
+            async with asyncio.timeout_at(started + self.pool_timeout) as bound:
+                await self._slots.acquire()
+                waiting = False
+                bound.reschedule(deadline)
+                try:
+                    connection = await self._checkout(deadline)
+                    try:
+                        yield connection
+                    except (asyncio.CancelledError, TimeoutError, *CONNECTION_ERRORS):
+                        # A statement cut short leaves the connection mid-conversation:
+                        # closed, the pool drops it instead of handing it out again.
+                        connection.close()
+                        raise
+                    finally:
+                        await self.pool.release(connection)
+                finally:
+                    self._slots.release()
+        except TimeoutError:
+            if waiting:
                 raise DatabaseUnavailable(
                     "Every database connection is busy; try again shortly."
                 ) from None
-        else:
-            await self._slots.acquire()  # a slot is free and nobody waits: taken at once
-        try:
-            connection = await self._checkout(deadline)
-            try:
-                async with asyncio.timeout_at(deadline):
-                    yield connection
-            except (asyncio.CancelledError, TimeoutError, *CONNECTION_ERRORS):
-                # A statement cut short leaves the connection mid-conversation: closed,
-                # the pool drops it instead of handing it out again.
-                connection.close()
-                raise
-            finally:
-                await self.pool.release(connection)
-        except TimeoutError:
             log.warning("database statement abandoned", extra={"after_s": self.query_timeout})
             raise DatabaseUnavailable(
                 f"The database did not answer within {self.query_timeout:g} s; try again shortly."
@@ -312,5 +318,3 @@ class Database:
             raise DatabaseUnavailable(
                 "The database lacks a migration this version needs; try again shortly."
             ) from None
-        finally:
-            self._slots.release()
