@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import pytest
 
@@ -40,6 +41,25 @@ def test_a_line_is_one_json_object_with_the_request_id_and_extras() -> None:
     assert parsed["request_id"] == "req-42"
     assert parsed["status"] == 404
     assert {"time", "level", "logger", "pid"} <= set(parsed)
+
+
+@pytest.mark.parametrize(
+    "created",
+    [
+        1_764_806_400.0,
+        1_764_806_400.0005,
+        1_764_806_400.9994996,
+        1_764_806_400.9999996,
+        1_764_806_459.123,
+    ],
+    ids=["a whole second", "half a millisecond", "just under", "rounds up a second", "any"],
+)
+def test_a_line_s_time_is_rfc_3339_in_utc_to_the_millisecond(created: float) -> None:
+    record = logging.makeLogRecord({"name": "app", "msg": "m", "created": created})
+
+    line = json.loads(JsonLineFormatter().format(record))
+
+    assert line["time"] == datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")
 
 
 @pytest.mark.usefixtures("restore_logging")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 from contextvars import ContextVar
@@ -27,7 +28,7 @@ class JsonLineFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "time": _rfc3339(record.created),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
@@ -42,6 +43,22 @@ class JsonLineFormatter(logging.Formatter):
         if record.exc_info:
             line["exc_info"] = self.formatException(record.exc_info)
         return to_json(line, fallback=str).decode()
+
+
+def _rfc3339(created: float) -> str:
+    """`created` as RFC 3339 in UTC, to the millisecond: 2026-12-04T18:33:28.123+00:00."""
+    second = int(created)
+    micro = round((created - second) * 1e6)  # rounded to the microsecond as datetime does
+    if micro == 1_000_000:
+        second, micro = second + 1, 0
+    return f"{_second(second)}.{micro // 1000:03d}+00:00"
+
+
+# Lines come many to a second: each second is formatted once (datetime's isoformat took
+# 2.5 us a line, a third of the formatter's time).
+@functools.lru_cache(maxsize=4)
+def _second(second: int) -> str:
+    return datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def configure_logging(level: str) -> None:
