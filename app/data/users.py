@@ -3,7 +3,7 @@
 A `User` is a row exactly as these statements return it, and exactly what the API
 answers: the routes serialise rows straight to JSON through a TypeAdapter, which checks
 each field's type as it writes (building pydantic models first cost five times as much,
-about 110 us more for 50 users). Adding a column: see "Add a column" in the README.
+about 110 us more for 50 users). Adding a column: see "Add a column" in docs/development.md.
 """
 
 from __future__ import annotations
