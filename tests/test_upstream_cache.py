@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 import respx
+from hishel import AsyncBaseStorage
 from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
@@ -499,12 +500,20 @@ async def test_a_frozen_store_costs_a_healthy_upstream_nothing(
 
 
 @contextlib.asynccontextmanager
-async def redis_cache_keys(redis_url: str, db: int) -> AsyncIterator[Redis]:
-    """A Redis database of its own on the private server, empty, for one test."""
-    store = Redis.from_url(f"{redis_url.rsplit('/', 1)[0]}/{db}")
+async def redis_cache(
+    redis_url: str, db: int, *, stale_if_error: float
+) -> AsyncIterator[tuple[Redis, AsyncBaseStorage]]:
+    """A Redis database of its own on the private server, empty, for one test: a client
+    to look at its keys, and the cache's storage on it."""
+    url = f"{redis_url.rsplit('/', 1)[0]}/{db}"
+    store = Redis.from_url(url)
     await store.flushdb()
+    storage = open_storage(
+        url, max_bytes=0, max_entry_bytes=MAX_BODY, stale_if_error=stale_if_error
+    )
+    assert storage is not None
     try:
-        yield store
+        yield store, storage
     finally:
         await store.flushdb()
         await store.aclose()
@@ -532,18 +541,14 @@ async def test_redis_entries_expire_once_they_can_no_longer_be_served(
             answer({"Cache-Control": "max-age=60", "ETag": '"8"'}, body={**POST, "id": 8}),
         ]
     )
-    async with redis_cache_keys(redis_url, db=3) as store:
-        storage = open_storage(
-            f"{redis_url.rsplit('/', 1)[0]}/3",
-            max_bytes=0,
-            max_entry_bytes=MAX_BODY,
-            stale_if_error=30,
-        )
-        async with cached_upstream(storage, stale_if_error=30) as upstream:
-            await upstream.get_post(7)
-            first = await lifetimes(store)
-            await upstream.get_post(8)  # may also be revalidated for REVALIDATE_WITHIN
-            both = await lifetimes(store)
+    async with (
+        redis_cache(redis_url, db=3, stale_if_error=30) as (store, storage),
+        cached_upstream(storage, stale_if_error=30) as upstream,
+    ):
+        await upstream.get_post(7)
+        first = await lifetimes(store)
+        await upstream.get_post(8)  # may also be revalidated for REVALIDATE_WITHIN
+        both = await lifetimes(store)
 
     with_etag = {key: left for key, left in both.items() if key not in first}
     assert kinds(first) == kinds(with_etag) == {"entry", "stream", "stream_done", "idx"}
@@ -560,18 +565,14 @@ async def test_a_revalidated_redis_entry_lives_as_long_as_its_new_freshness(
     stale = answer({"Cache-Control": "max-age=10", "ETag": '"7"', "Date": http_date(100)})
     renewed = httpx.Response(304, headers={"Date": http_date(), "Cache-Control": "max-age=7200"})
     route = respx_mock.get(URL).mock(side_effect=[stale, renewed])
-    async with redis_cache_keys(redis_url, db=4) as store:
-        storage = open_storage(
-            f"{redis_url.rsplit('/', 1)[0]}/4",
-            max_bytes=0,
-            max_entry_bytes=MAX_BODY,
-            stale_if_error=0,
-        )
-        async with cached_upstream(storage) as upstream:
-            await upstream.get_post(7)
-            before = await lifetimes(store)
-            revalidated = await upstream.get_post(7)
-            after = await lifetimes(store)
+    async with (
+        redis_cache(redis_url, db=4, stale_if_error=0) as (store, storage),
+        cached_upstream(storage) as upstream,
+    ):
+        await upstream.get_post(7)
+        before = await lifetimes(store)
+        revalidated = await upstream.get_post(7)
+        after = await lifetimes(store)
 
     assert route.call_count == 2
     assert revalidated.cache == "revalidated"
