@@ -19,7 +19,8 @@ from quart import Quart
 from app.data.database import Database
 from app.data.http_cache import open_storage
 from app.data.migrate import load_migrations, migrate
-from app.data.upstream import Upstream, open_client
+from app.data.upstream import Upstream
+from app.data.upstream_client import open_client
 from app.settings import Settings
 from app.telemetry.loop_monitor import LoopMonitor
 
@@ -81,7 +82,16 @@ def register_lifespan(
                 max_entry_bytes=settings.upstream_max_body_bytes,
                 stale_if_error=settings.upstream_stale_if_error,
             )
-            client = open_client(settings, upstream_transport, storage)
+            client = open_client(
+                max_concurrency=settings.upstream_max_concurrency,
+                timeout=settings.upstream_timeout,
+                storage=storage,
+                keep_unusable=(
+                    settings.upstream_stale_if_error > 0
+                    or settings.upstream_stale_while_revalidate > 0
+                ),
+                transport=upstream_transport,
+            )
             upstream = Upstream(
                 client,
                 base_url=str(settings.upstream_base_url),
@@ -90,7 +100,11 @@ def register_lifespan(
                 max_body_bytes=settings.upstream_max_body_bytes,
                 storage=storage,
                 stale_if_error=settings.upstream_stale_if_error,
+                stale_while_revalidate=settings.upstream_stale_while_revalidate,
                 coalesce=settings.upstream_coalesce,
+                retries=settings.upstream_retries,
+                hedge_after=settings.hedge_after_seconds,
+                breaker=settings.breaker_rule,
             )
             stack.push_async_callback(upstream.aclose)  # the client, and the cache's storage
             database = Database(

@@ -24,7 +24,8 @@ if sys.version_info >= (3, 12):
 else:  # pydantic refuses typing.TypedDict before 3.12; quart-schema needs typing's after
     from typing_extensions import TypedDict
 
-from app.data.upstream import FailureCode, Post
+from app.data.posts import Post
+from app.data.upstream import FailureCode
 from app.data.users import User
 
 MAX_BATCH_IDS = 100
@@ -197,8 +198,9 @@ class PostFetched(BaseModel):
     post: Post
     stale: bool = Field(
         default=False,
-        description="served from the cache past its freshness because the upstream failed"
-        " (UPSTREAM_STALE_IF_ERROR)",
+        description="served from the cache past its freshness: the upstream failed"
+        " (UPSTREAM_STALE_IF_ERROR), or it is being revalidated in the background"
+        " (stale-while-revalidate)",
     )
 
 

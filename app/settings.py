@@ -61,6 +61,16 @@ class Settings(BaseSettings):
     # seconds past expiry a stored answer may stand in for a failed call; 0: never
     upstream_stale_if_error: float = Field(default=0.0, ge=0, le=7 * 24 * 3600)
     upstream_coalesce: bool = True
+    # seconds past expiry a stored answer is served at once while one background call
+    # revalidates it, beyond what the upstream's own stale-while-revalidate allows
+    upstream_stale_while_revalidate: float = Field(default=0.0, ge=0, le=7 * 24 * 3600)
+    # ms without an answer before one identical call is sent; auto: the host's recent p95
+    upstream_hedge_after: Literal["auto", "off"] | Annotated[float, Field(gt=0, le=300_000)] = (
+        "auto"
+    )
+    upstream_retries: int = Field(default=1, ge=0, le=5)
+    # FAILURES/WINDOWs that open a host's breaker, e.g. 5/10s; off
+    upstream_breaker: str = Field(default="5/10s", pattern=r"^(off|[1-9]\d{0,3}/\d+(\.\d+)?s)$")
 
     api_token: SecretStr | None = None
 
@@ -111,6 +121,35 @@ class Settings(BaseSettings):
         if value is not None and not (value.path or "").strip("/"):
             raise ValueError("the URL must name a database: mysql://user:password@host/NAME")
         return value
+
+    @field_validator("upstream_hedge_after", "upstream_breaker", mode="before")
+    @classmethod
+    def _lower_case_word(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("upstream_breaker")
+    @classmethod
+    def _window_positive(cls, value: str) -> str:
+        if value != "off" and float(value.split("/")[1][:-1]) <= 0:
+            raise ValueError("the window must be longer than 0 seconds")
+        return value
+
+    @property
+    def hedge_after_seconds(self) -> float | Literal["auto"] | None:
+        """UPSTREAM_HEDGE_AFTER as app.data.upstream_calls takes it."""
+        if self.upstream_hedge_after == "off":
+            return None
+        if self.upstream_hedge_after == "auto":
+            return "auto"
+        return self.upstream_hedge_after / 1000
+
+    @property
+    def breaker_rule(self) -> tuple[int, float] | None:
+        """UPSTREAM_BREAKER as (failures, window in seconds); None when off."""
+        if self.upstream_breaker == "off":
+            return None
+        failures, window = self.upstream_breaker.split("/")
+        return int(failures), float(window[:-1])
 
     @model_validator(mode="after")
     def _resolve(self) -> Settings:

@@ -237,11 +237,7 @@ async def test_a_refused_connection_is_tried_again(
 ) -> None:
     post = {"userId": 1, "id": 3, "title": "t", "body": "b"}
     route = respx_mock.get(f"{UPSTREAM}/posts/3").mock(
-        side_effect=[
-            httpx.ConnectError("refused"),
-            httpx.ReadError("reset"),
-            httpx.Response(200, json=post),
-        ]
+        side_effect=[httpx.ConnectError("refused"), httpx.Response(200, json=post)]
     )
     retries = ("upstream_retries_total", ())
     before = (await scrape(client)).get(retries, 0)
@@ -249,17 +245,17 @@ async def test_a_refused_connection_is_tried_again(
     response = await client.get("/api/v1/posts/3")
 
     assert response.status_code == 200
-    assert route.call_count == 3
-    assert (await scrape(client))[retries] == before + 2
+    assert route.call_count == 2
+    assert (await scrape(client))[retries] == before + 1
 
 
 async def test_retries_are_bounded(client: QuartClient, respx_mock: respx.MockRouter) -> None:
-    route = respx_mock.get(f"{UPSTREAM}/posts/3").mock(side_effect=httpx.ConnectError("refused"))
+    route = respx_mock.get(f"{UPSTREAM}/posts/3").mock(side_effect=httpx.ReadError("reset"))
 
     response = await client.get("/api/v1/posts/3")
 
     assert response.status_code == 502
-    assert route.call_count == 3
+    assert route.call_count == 2  # UPSTREAM_RETRIES is 1
 
 
 @pytest.mark.parametrize(

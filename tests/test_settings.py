@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from pydantic import ValidationError
 
@@ -87,6 +89,13 @@ def test_lists_are_comma_separated(monkeypatch: pytest.MonkeyPatch) -> None:
         ("MAX_BODY_BYTES", "0"),
         ("WRITE_RATE_LIMIT", "many"),
         ("LOG_LEVEL", "chatty"),
+        ("UPSTREAM_HEDGE_AFTER", "soon"),
+        ("UPSTREAM_HEDGE_AFTER", "0"),
+        ("UPSTREAM_RETRIES", "-1"),
+        ("UPSTREAM_BREAKER", "5"),
+        ("UPSTREAM_BREAKER", "5/0s"),
+        ("UPSTREAM_BREAKER", "0/10s"),
+        ("UPSTREAM_STALE_WHILE_REVALIDATE", "-5"),
     ],
 )
 def test_a_bad_value_is_refused_naming_the_variable(
@@ -97,6 +106,24 @@ def test_a_bad_value_is_refused_naming_the_variable(
     assert line.startswith("invalid configuration: ")
     assert name in line
     assert "\n" not in line
+
+
+@pytest.mark.parametrize(
+    ("hedge_after", "breaker", "expected"),
+    [
+        ("auto", "5/10s", ("auto", (5, 10.0))),
+        ("150", "3/2.5s", (0.15, (3, 2.5))),
+        ("OFF", "off", (None, None)),
+    ],
+)
+def test_hedging_and_the_breaker_read_as_written(
+    monkeypatch: pytest.MonkeyPatch, hedge_after: str, breaker: str, expected: tuple[Any, Any]
+) -> None:
+    settings = settings_from(
+        monkeypatch, UPSTREAM_HEDGE_AFTER=hedge_after, UPSTREAM_BREAKER=breaker
+    )
+
+    assert (settings.hedge_after_seconds, settings.breaker_rule) == expected
 
 
 def test_pool_bounds_must_be_ordered(monkeypatch: pytest.MonkeyPatch) -> None:

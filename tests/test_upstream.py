@@ -4,27 +4,34 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import httpx
 import pytest
 import respx
 
-from app.data.upstream import Upstream, UpstreamError, _classify, open_client
+from app.data.posts import get_post
+from app.data.upstream import Upstream, UpstreamError
+from app.data.upstream_calls import classify
+from app.data.upstream_client import open_client
 from app.models import UPSTREAM_STATUS
-from tests.support.settings import make_settings
 from tests.support.upstream_mock import mock_answer
 
 BASE = "http://upstream.test"
 MAX_BODY = 64 * 1024
 
 
+def upstream_on(client: httpx.AsyncClient, **options: Any) -> Upstream:
+    return Upstream(
+        client, base_url=BASE, timeout=0.5, max_concurrency=50, max_body_bytes=MAX_BODY, **options
+    )
+
+
 @pytest.fixture
 async def upstream() -> AsyncIterator[Upstream]:
     async with httpx.AsyncClient(transport=httpx.AsyncHTTPTransport()) as client:
-        yield Upstream(
-            client, base_url=BASE, timeout=0.5, max_concurrency=50, max_body_bytes=MAX_BODY
-        )
+        yield upstream_on(client)
 
 
 class InFlight:
@@ -157,7 +164,7 @@ async def test_a_hung_upstream_times_out_within_the_limit(
     respx_mock.get(f"{BASE}/hang").mock(side_effect=hang)
     respx_mock.get(f"{BASE}/ok").respond(json={"ok": True})
 
-    async with asyncio.timeout(upstream.timeout + 1):
+    async with asyncio.timeout(upstream.calls.timeout + 1):
         results = await upstream.get_all([f"{BASE}/hang", f"{BASE}/ok"])
 
     assert isinstance(results[0], UpstreamError)
@@ -205,8 +212,8 @@ def test_aiohttp_errors_are_judged_by_what_happened(
     wrapped = httpx.ConnectTimeout(str(cause))
     wrapped.__cause__ = cause
 
-    assert _classify(wrapped)[0] == code
-    assert detail in _classify(wrapped)[1]
+    assert classify(wrapped)[0] == code
+    assert detail in classify(wrapped)[1]
 
 
 class Endless(httpx.AsyncByteStream):
@@ -231,7 +238,7 @@ async def test_a_body_declared_too_large_is_refused_unread(
     )
 
     with pytest.raises(UpstreamError) as raised:
-        await upstream.get_post(1)
+        await get_post(upstream, 1)
 
     assert raised.value.code == "bad_response"
     assert f"larger than {MAX_BODY} bytes" in raised.value.detail
@@ -245,7 +252,7 @@ async def test_a_body_is_abandoned_as_soon_as_it_streams_past_the_limit(
     respx_mock.get(f"{BASE}/posts/1").mock(return_value=httpx.Response(200, stream=body))
 
     with pytest.raises(UpstreamError) as raised:
-        await upstream.get_post(1)
+        await get_post(upstream, 1)
 
     assert raised.value.code == "bad_response"
     # one chunk past the limit, and not one more
@@ -260,29 +267,25 @@ async def test_a_body_at_the_limit_is_read(
     assert len(post) == MAX_BODY
     respx_mock.get(f"{BASE}/posts/1").mock(return_value=httpx.Response(200, content=post))
 
-    assert len((await upstream.get_post(1)).body.body) == MAX_BODY - 48
+    assert len((await get_post(upstream, 1)).body.body) == MAX_BODY - 48
 
 
-async def test_no_compressed_answer_is_asked_for_or_taken(
-    upstream: Upstream, respx_mock: respx.MockRouter
-) -> None:
+async def test_no_compressed_answer_is_asked_for_or_taken(respx_mock: respx.MockRouter) -> None:
     route = respx_mock.get(f"{BASE}/posts/1").mock(
         return_value=httpx.Response(200, headers={"Content-Encoding": "gzip"}, content=b"\x1f")
     )
-    client = open_client(make_settings("mysql://u:p@127.0.0.1/db"), httpx.AsyncHTTPTransport())
+    client = open_client(max_concurrency=50, timeout=1.0, transport=httpx.AsyncHTTPTransport())
     async with client:
-        upstream.client = client
+        upstream = upstream_on(client)
         with pytest.raises(UpstreamError) as raised:
-            await upstream.get_post(1)
+            await get_post(upstream, 1)
 
     assert route.calls.last.request.headers["Accept-Encoding"] == "identity"
     assert raised.value.code == "bad_response"
     assert "gzip" in raised.value.detail
 
 
-async def test_cookies_an_upstream_sets_are_never_sent_back(
-    upstream: Upstream, respx_mock: respx.MockRouter
-) -> None:
+async def test_cookies_an_upstream_sets_are_never_sent_back(respx_mock: respx.MockRouter) -> None:
     route = respx_mock.get(url__regex=rf"{BASE}/posts/\d+").mock(
         return_value=httpx.Response(
             200,
@@ -290,11 +293,11 @@ async def test_cookies_an_upstream_sets_are_never_sent_back(
             headers={"Set-Cookie": "session=someone-else; Path=/"},
         )
     )
-    client = open_client(make_settings("mysql://u:p@127.0.0.1/db"), httpx.AsyncHTTPTransport())
+    client = open_client(max_concurrency=50, timeout=1.0, transport=httpx.AsyncHTTPTransport())
     async with client:
-        upstream.client = client
+        upstream = upstream_on(client)
         for post_id in range(1, 5):
-            await upstream.get_post(post_id)
+            await get_post(upstream, post_id)
 
     assert route.call_count == 4
     assert [call.request.headers.get("Cookie") for call in route.calls] == [None] * 4

@@ -20,14 +20,14 @@ from redis.asyncio import Redis
 from app.data.http_cache import (
     REVALIDATE_WITHIN,
     SOFT_DELETE,
-    FreshAnswers,
     MemoryStorage,
     date_answer,
     freshness,
     open_storage,
 )
-from app.data.upstream import Upstream, UpstreamError, open_client
-from tests.support.settings import make_settings
+from app.data.posts import get_post
+from app.data.upstream import KeptAnswers, Upstream, UpstreamError
+from app.data.upstream_client import open_client
 from tools.ports import free_port
 
 BASE = "http://upstream.test"
@@ -41,8 +41,13 @@ async def cached_upstream(
     storage: Any = None, *, stale_if_error: float = 0, coalesce: bool = True
 ) -> AsyncIterator[Upstream]:
     storage = storage or MemoryStorage(max_bytes=1024 * 1024, max_entry_bytes=MAX_BODY)
-    settings = make_settings("mysql://unused@127.0.0.1/unused", upstream_timeout=0.5)
-    client = open_client(settings, httpx.AsyncHTTPTransport(), storage)
+    client = open_client(
+        max_concurrency=50,
+        timeout=0.5,
+        storage=storage,
+        keep_unusable=stale_if_error > 0,
+        transport=httpx.AsyncHTTPTransport(),
+    )
     upstream = Upstream(
         client,
         base_url=BASE,
@@ -78,8 +83,8 @@ async def test_a_fresh_answer_is_reused_without_a_call(respx_mock: respx.MockRou
     route = respx_mock.get(URL).mock(return_value=answer({"Cache-Control": "max-age=60"}))
     hits = counted("hit")
     async with cached_upstream() as upstream:
-        first = await upstream.get_post(7)
-        second = await upstream.get_post(7)
+        first = await get_post(upstream, 7)
+        second = await get_post(upstream, 7)
 
     assert route.call_count == 1
     assert (first.cache, second.cache) == ("miss", "hit")
@@ -106,8 +111,8 @@ async def test_freshness_is_read_as_a_shared_cache_must(
     headers = {name: when.get(value, value) for name, value in headers.items()}
     route = respx_mock.get(URL).mock(return_value=answer(headers))
     async with cached_upstream() as upstream:
-        await upstream.get_post(7)
-        await upstream.get_post(7)
+        await get_post(upstream, 7)
+        await get_post(upstream, 7)
 
     assert route.call_count == calls
     if calls == 2 and "ETag" in headers:
@@ -120,7 +125,7 @@ async def test_what_a_shared_cache_may_not_store_is_asked_for_each_time(
 ) -> None:
     route = respx_mock.get(URL).mock(return_value=answer({"Cache-Control": control}))
     async with cached_upstream() as upstream:
-        results = [await upstream.get_post(7) for _ in range(3)]
+        results = [await get_post(upstream, 7) for _ in range(3)]
 
     assert route.call_count == 3
     assert {result.fresh_for for result in results} == {0}
@@ -133,8 +138,8 @@ async def test_an_answer_without_freshness_is_revalidated_never_reused(
     modified = http_date(seconds_ago=100 * 24 * 3600)
     route = respx_mock.get(URL).mock(return_value=answer({"Last-Modified": modified}))
     async with cached_upstream() as upstream:
-        await upstream.get_post(7)
-        await upstream.get_post(7)
+        await get_post(upstream, 7)
+        await get_post(upstream, 7)
 
     assert route.call_count == 2
     assert route.calls[1].request.headers["If-Modified-Since"] == modified
@@ -146,8 +151,8 @@ async def test_the_age_the_upstream_reports_counts(respx_mock: respx.MockRouter)
     headers = {"Cache-Control": "max-age=60", "Age": "60", "ETag": '"v1"'}
     route = respx_mock.get(URL).mock(return_value=answer(headers))
     async with cached_upstream() as upstream:
-        first = await upstream.get_post(7)
-        await upstream.get_post(7)
+        first = await get_post(upstream, 7)
+        await get_post(upstream, 7)
 
     assert first.fresh_for == 0
     assert route.call_count == 2
@@ -171,9 +176,9 @@ async def test_a_stale_answer_is_revalidated_and_a_304_counts_as_such(
     route = respx_mock.get(URL).mock(side_effect=[stored, not_modified])
     revalidated = counted("revalidated")
     async with cached_upstream() as upstream:
-        await upstream.get_post(7)
-        again = await upstream.get_post(7)
-        third = await upstream.get_post(7)
+        await get_post(upstream, 7)
+        again = await get_post(upstream, 7)
+        third = await get_post(upstream, 7)
 
     assert route.call_count == 2
     assert route.calls[1].request.headers["If-None-Match"] == '"v1"'
@@ -208,7 +213,7 @@ async def test_a_body_over_the_limit_is_never_stored(respx_mock: respx.MockRoute
     async with cached_upstream(storage) as upstream:
         for _ in range(2):
             with pytest.raises(UpstreamError) as failure:
-                await upstream.get_post(7)
+                await get_post(upstream, 7)
             assert failure.value.code == "bad_response"
 
     assert route.call_count == 2
@@ -229,10 +234,10 @@ async def test_the_memory_cache_keeps_to_its_bound_least_recently_used_out_first
     )
     storage = MemoryStorage(max_bytes=64 * 1024, max_entry_bytes=MAX_BODY)
     async with cached_upstream(storage) as upstream:
-        await upstream.get_post(1)
+        await get_post(upstream, 1)
         for post_id in range(2, 400):
-            await upstream.get_post(post_id)
-            await upstream.get_post(1)  # kept in use: never the least recent
+            await get_post(upstream, post_id)
+            await get_post(upstream, 1)  # kept in use: never the least recent
         kept = storage.count
         first = await storage.get_entries(f"{BASE}/posts/1")
         second = await storage.get_entries(f"{BASE}/posts/2")
@@ -265,7 +270,7 @@ async def test_identical_gets_in_flight_share_one_call(respx_mock: respx.MockRou
     respx_mock.get(URL).mock(side_effect=gate)
     joined = REGISTRY.get_sample_value("upstream_coalesced_total") or 0.0
     async with cached_upstream() as upstream:
-        waiting = [asyncio.create_task(upstream.get_post(7)) for _ in range(10)]
+        waiting = [asyncio.create_task(get_post(upstream, 7)) for _ in range(10)]
         await gate.started.wait()
         gate.open.set()
         results = await asyncio.gather(*waiting)
@@ -281,7 +286,7 @@ async def test_without_coalescing_each_get_is_its_own_call(
     gate = Gate()
     respx_mock.get(URL).mock(side_effect=gate)
     async with cached_upstream(coalesce=False) as upstream:
-        waiting = [asyncio.create_task(upstream.get_post(7)) for _ in range(10)]
+        waiting = [asyncio.create_task(get_post(upstream, 7)) for _ in range(10)]
         await gate.started.wait()
         gate.open.set()
         await asyncio.gather(*waiting)
@@ -295,8 +300,8 @@ async def test_a_caller_that_gives_up_does_not_cancel_the_call_for_others(
     gate = Gate()
     respx_mock.get(URL).mock(side_effect=gate)
     async with cached_upstream() as upstream:
-        impatient = asyncio.create_task(upstream.get_post(7))
-        patient = asyncio.create_task(upstream.get_post(7))
+        impatient = asyncio.create_task(get_post(upstream, 7))
+        patient = asyncio.create_task(get_post(upstream, 7))
         await gate.started.wait()
         impatient.cancel()
         await asyncio.sleep(0)
@@ -332,10 +337,10 @@ async def test_a_failed_upstream_is_covered_by_a_stored_answer_within_the_window
     route = respx_mock.get(URL).mock(side_effect=upstream_answer)
     stale = counted("stale")
     async with cached_upstream(stale_if_error=60) as upstream:
-        await upstream.get_post(7)
+        await get_post(upstream, 7)
         calls = route.call_count
         # twice: a failure must not push the stored answer out
-        served = [await upstream.get_post(7) for _ in range(2)]
+        served = [await get_post(upstream, 7) for _ in range(2)]
 
     assert calls == 1
     assert route.call_count >= 3  # each failure was asked (tried again if unreachable)
@@ -365,9 +370,9 @@ async def test_stale_is_never_served_where_it_must_not_be(
     stored = answer({"Cache-Control": control, "ETag": '"v1"'})
     respx_mock.get(URL).mock(side_effect=[stored, failure])
     async with cached_upstream(stale_if_error=stale_if_error) as upstream:
-        await upstream.get_post(7)
+        await get_post(upstream, 7)
         with pytest.raises(UpstreamError) as raised:
-            await upstream.get_post(7)
+            await get_post(upstream, 7)
 
     assert raised.value.code == code
 
@@ -380,9 +385,9 @@ async def test_stale_past_the_window_is_not_served(respx_mock: respx.MockRouter)
     )
     respx_mock.get(URL).mock(side_effect=[old, httpx.Response(503)])
     async with cached_upstream(stale_if_error=60) as upstream:
-        await upstream.get_post(7)  # stale by 90 s as it arrives
+        await get_post(upstream, 7)  # stale by 90 s as it arrives
         with pytest.raises(UpstreamError):
-            await upstream.get_post(7)
+            await get_post(upstream, 7)
 
 
 # --- storages -----------------------------------------------------------------------------
@@ -396,7 +401,7 @@ async def test_the_redis_cache_is_shared_by_processes(
     for _ in range(2):  # two clients, two storages: as two workers or instances
         storage = open_storage(redis_url, max_bytes=0, max_entry_bytes=MAX_BODY, stale_if_error=0)
         async with cached_upstream(storage) as upstream:
-            results.append(await upstream.get_post(7))
+            results.append(await get_post(upstream, 7))
 
     assert route.call_count == 1
     assert [result.cache for result in results][1] == "hit"
@@ -405,13 +410,12 @@ async def test_the_redis_cache_is_shared_by_processes(
 async def test_with_the_cache_off_every_get_is_a_call(respx_mock: respx.MockRouter) -> None:
     assert open_storage("off", max_bytes=1, max_entry_bytes=1, stale_if_error=0) is None
     route = respx_mock.get(URL).mock(return_value=answer({"Cache-Control": "max-age=60"}))
-    settings = make_settings("mysql://unused@127.0.0.1/unused")
-    client = open_client(settings, httpx.AsyncHTTPTransport())
+    client = open_client(max_concurrency=5, timeout=1.0, transport=httpx.AsyncHTTPTransport())
     upstream = Upstream(
         client, base_url=BASE, timeout=0.5, max_concurrency=5, max_body_bytes=MAX_BODY
     )
     try:
-        results = [await upstream.get_post(7) for _ in range(2)]
+        results = [await get_post(upstream, 7) for _ in range(2)]
     finally:
         await upstream.aclose()
 
@@ -419,15 +423,21 @@ async def test_with_the_cache_off_every_get_is_a_call(respx_mock: respx.MockRout
     assert [result.cache for result in results] == [None, None]
 
 
-def test_a_kept_answer_goes_when_its_freshness_runs_out(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_kept_answer_goes_when_its_freshness_and_stale_window_run_out(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     now = [1000.0]
     monkeypatch.setattr(time, "monotonic", lambda: now[0])
-    kept: FreshAnswers[str] = FreshAnswers(limit=2)
+    kept: KeptAnswers[str] = KeptAnswers(limit=2)
     kept.put("a", "A", fresh_for=10)
+    kept.put("b", "B", fresh_for=10, stale_for=5)
 
-    assert kept.get("a") == ("A", 1010.0)
+    assert kept.get("a") == ("A", 1000.0, 1010.0)
     now[0] = 1010.0
     assert kept.get("a") is None
+    assert kept.get("b") == ("B", 1000.0, 1010.0)  # stale now: the caller revalidates
+    now[0] = 1015.0
+    assert kept.get("b") is None
     for key in "abc":
         kept.put(key, key.upper(), fresh_for=10)
     assert [kept.get(key) is not None for key in "abc"] == [False, True, True]
@@ -447,7 +457,7 @@ async def test_a_redis_cache_that_does_not_answer_costs_misses_and_one_warning(
         f"redis://127.0.0.1:{free_port()}/0", max_bytes=0, max_entry_bytes=1, stale_if_error=0
     )
     async with cached_upstream(storage) as upstream:
-        results = [await upstream.get_post(post_id) for post_id in (7, 8, 9)]
+        results = [await get_post(upstream, post_id) for post_id in (7, 8, 9)]
 
     assert [result.body.id for result in results] == [7, 8, 9]
     assert route.call_count == 3
@@ -492,7 +502,7 @@ async def test_a_frozen_store_costs_a_healthy_upstream_nothing(
         storage = open_storage(url, max_bytes=0, max_entry_bytes=MAX_BODY, stale_if_error=0)
         # the upstream's own timeout is 0.5 s: the store's waits must not eat it
         async with cached_upstream(storage) as upstream:
-            results = [await upstream.get_post(post_id) for post_id in range(1, 11)]
+            results = [await get_post(upstream, post_id) for post_id in range(1, 11)]
 
     assert [result.body.id for result in results] == list(range(1, 11))
     assert route.call_count == 10
@@ -545,9 +555,9 @@ async def test_redis_entries_expire_once_they_can_no_longer_be_served(
         redis_cache(redis_url, db=3, stale_if_error=30) as (store, storage),
         cached_upstream(storage, stale_if_error=30) as upstream,
     ):
-        await upstream.get_post(7)
+        await get_post(upstream, 7)
         first = await lifetimes(store)
-        await upstream.get_post(8)  # may also be revalidated for REVALIDATE_WITHIN
+        await get_post(upstream, 8)  # may also be revalidated for REVALIDATE_WITHIN
         both = await lifetimes(store)
 
     with_etag = {key: left for key, left in both.items() if key not in first}
@@ -569,9 +579,9 @@ async def test_a_revalidated_redis_entry_lives_as_long_as_its_new_freshness(
         redis_cache(redis_url, db=4, stale_if_error=0) as (store, storage),
         cached_upstream(storage) as upstream,
     ):
-        await upstream.get_post(7)
+        await get_post(upstream, 7)
         before = await lifetimes(store)
-        revalidated = await upstream.get_post(7)
+        revalidated = await get_post(upstream, 7)
         after = await lifetimes(store)
 
     assert route.call_count == 2

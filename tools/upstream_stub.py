@@ -19,6 +19,9 @@ Paths, chosen by the tests through UPSTREAM_URLS / UPSTREAM_BASE_URL:
                          "not_modified"} since /_reset
   /_reset                zero the counters and end a failure
   /_fail/{status}        from now on every call answers that status (/_reset ends it)
+  /_tail/{every}/{seconds}
+                         from now on every {every}-th call takes {seconds} more (a latency tail)
+  /_silent               from now on every call is accepted and never answered
 """
 
 from __future__ import annotations
@@ -52,6 +55,9 @@ class Counters:
         self.conditional = 0  # calls with If-None-Match or If-Modified-Since
         self.not_modified = 0
         self.fail_status = 0  # /_fail: every call answers this status
+        self.tail_every = 0  # /_tail: every n-th call is slower by tail_seconds
+        self.tail_seconds = 0.0
+        self.silent = False  # /_silent: no call is ever answered
 
 
 def post(post_id: int) -> dict[str, object]:
@@ -96,8 +102,9 @@ async def stream_post(
     return response
 
 
-def build_app(delay: float = 0.0) -> web.Application:
+def build_app(delay: float = 0.0, tail: tuple[int, float] = (0, 0.0)) -> web.Application:
     counters = Counters()
+    counters.tail_every, counters.tail_seconds = tail
 
     @web.middleware
     async def count(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -111,8 +118,12 @@ def build_app(delay: float = 0.0) -> web.Application:
         counters.in_flight += 1
         counters.max_in_flight = max(counters.max_in_flight, counters.in_flight)
         try:
+            if counters.silent:
+                await asyncio.Event().wait()  # until the client gives up
             if delay:
                 await asyncio.sleep(delay)
+            if counters.tail_every and counters.calls % counters.tail_every == 0:
+                await asyncio.sleep(counters.tail_seconds)
             if counters.fail_status:
                 return web.Response(status=counters.fail_status)
             return await handler(request)
@@ -182,6 +193,16 @@ def build_app(delay: float = 0.0) -> web.Application:
     async def reset_counters(request: web.Request) -> web.StreamResponse:
         counters.calls = counters.max_in_flight = counters.with_cookie = 0
         counters.conditional = counters.not_modified = counters.fail_status = 0
+        counters.tail_every, counters.silent = 0, False
+        return web.json_response({})
+
+    async def add_tail(request: web.Request) -> web.StreamResponse:
+        counters.tail_every = int(request.match_info["every"])
+        counters.tail_seconds = float(request.match_info["seconds"])
+        return web.json_response({})
+
+    async def go_silent(request: web.Request) -> web.StreamResponse:
+        counters.silent = True
         return web.json_response({})
 
     async def fail(request: web.Request) -> web.StreamResponse:
@@ -200,6 +221,8 @@ def build_app(delay: float = 0.0) -> web.Application:
     app.router.add_get("/_stats", stats)
     app.router.add_get("/_fail/{status:\\d{3}}", fail)
     app.router.add_get("/_reset", reset_counters)
+    app.router.add_get("/_tail/{every:\\d+}/{seconds}", add_tail)
+    app.router.add_get("/_silent", go_silent)
     return app
 
 
@@ -236,14 +259,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="upstream stub on loopback")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--delay", type=float, default=0.0, help="seconds added to every call")
+    parser.add_argument(
+        "--tail", default="0/0", help="EVERY/SECONDS: every n-th call takes that much longer"
+    )
     parser.add_argument("--uvloop", action="store_true", help="serve on uvloop (the benchmarks)")
     args = parser.parse_args()
+    every, _, seconds = args.tail.partition("/")
     if args.uvloop:
         import uvloop
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     web.run_app(
-        build_app(args.delay),
+        build_app(args.delay, (int(every), float(seconds))),
         host="127.0.0.1",
         port=args.port,
         print=None,

@@ -13,7 +13,9 @@ from quart_schema import (
 )
 
 from app import deps
-from app.data.upstream import Fetched, Post, UpstreamError
+from app.data import posts
+from app.data.posts import Post
+from app.data.upstream import Fetched, UpstreamError
 from app.models import (
     UPSTREAM_STATUS,
     PostBatch,
@@ -51,6 +53,7 @@ def cache_headers(response: Response, fetched: Fetched[Post]) -> None:
             "revalidated": f"; fwd=stale; fwd-status=304; ttl={fetched.fresh_for}",
             "miss": "; fwd=miss",
             "stale": '; hit; fwd=stale; detail="stale-if-error"',
+            "stale_while_revalidate": '; hit; fwd=stale; detail="stale-while-revalidate"',
         }[fetched.cache]
     )
 
@@ -67,7 +70,7 @@ async def get_post(post_id: int) -> Response:
     strong ETag (send it in If-None-Match for a 304) and may be reused for as long as
     the upstream's own answer stays fresh (Cache-Control).
     """
-    fetched = await deps.upstream().get_post(post_id)
+    fetched = await posts.get_post(deps.upstream(), post_id)
     response = json_response(post_json, fetched.body)
     cache_headers(response, fetched)
     await response.add_etag()  # Quart's: a hash of the body, so equal posts, equal tags
@@ -87,7 +90,7 @@ async def get_posts(query_args: PostsQuery) -> Response:
     """
     post_ids = query_args.id_list
     started = time.perf_counter()
-    results = await deps.upstream().get_posts(post_ids)
+    results = await posts.get_posts(deps.upstream(), post_ids)
     elapsed_ms = (time.perf_counter() - started) * 1000
 
     items: list[PostFetched | PostFailed] = []

@@ -1,7 +1,7 @@
 """Where the upstream client's HTTP cache keeps answers (UPSTREAM_CACHE), and the three
 things we add under hishel so that it keeps RFC 9111 as a shared cache must.
 
-hishel runs the caching rules under the shared httpx client (app.data.upstream). It has
+hishel runs the caching rules under the shared httpx client (app.data.upstream_client). It has
 no storage in memory, so `MemoryStorage` is ours: bounded in bytes, least recently used
 out first. `redis://` uses hishel's own Redis storage, shared by workers and instances,
 each entry kept only while it can be served (`ServableRedisStorage`), on a redis-py
@@ -30,7 +30,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, replace
 from types import MappingProxyType
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 import httpx
 import msgpack
@@ -41,8 +41,6 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app.telemetry.metrics import UPSTREAM_CACHE_STORE_ERRORS
-
-T = TypeVar("T")
 
 # What a stored entry costs beyond its packed headers and body: the dictionaries' slots,
 # the id, the key and the objects' own headers (measured with tracemalloc, rounded up).
@@ -345,43 +343,12 @@ class MemoryStorage(AsyncBaseStorage):
         self._drop(id.int)
 
 
-class FreshAnswers(Generic[T]):
-    """Answers the cache would reuse unasked, kept parsed until their freshness runs out.
-
-    A hit through httpx and hishel costs about 300 us (request and response objects,
-    the RFC state machine, headers and body parsed again); this look-up about 2 us. An
-    answer is kept only while the cache itself would serve it without asking, so what
-    a client sees does not change. At most `limit` answers, least recently used out
-    first: a fixed overhead beside UPSTREAM_CACHE_MAX_BYTES.
-    """
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self._answers: OrderedDict[str, tuple[T, float]] = OrderedDict()
-
-    def get(self, key: str) -> tuple[T, float] | None:
-        """The answer and the monotonic time its freshness ends, if it is still fresh."""
-        kept = self._answers.get(key)
-        if kept is None:
-            return None
-        if kept[1] <= time.monotonic():
-            del self._answers[key]
-            return None
-        self._answers.move_to_end(key)
-        return kept
-
-    def put(self, key: str, answer: T, fresh_for: float) -> None:
-        self._answers[key] = (answer, time.monotonic() + fresh_for)
-        self._answers.move_to_end(key)
-        if len(self._answers) > self.limit:
-            self._answers.popitem(last=False)
-
-
 class DatedAnswers(httpx.AsyncBaseTransport):
     """Under hishel: what each upstream answer says about its age, made explicit.
 
-    Without `keep_unusable` (UPSTREAM_STALE_IF_ERROR is 0), an answer with neither
-    freshness nor a validator is marked `no-store`: it could never be reused nor
+    Without `keep_unusable` (UPSTREAM_STALE_IF_ERROR and UPSTREAM_STALE_WHILE_REVALIDATE
+    are 0), an answer with neither freshness, a validator nor a stale-while-revalidate
+    window is marked `no-store`: it could never be reused nor
     revalidated, so storing it would only cost every call against such an upstream.
     """
 
@@ -444,12 +411,12 @@ def _http_date(value: str) -> float | None:
 
 
 def _unusable(headers: httpx.Headers) -> bool:
-    """Not fresh as it arrives, and nothing to revalidate it with."""
-    return (
-        "ETag" not in headers
-        and "Last-Modified" not in headers
-        and freshness(headers, now=time.time()).fresh_for == 0
-    )
+    """Not fresh as it arrives, nothing to revalidate it with, and no window of its own
+    to be served in while it is asked for again (stale-while-revalidate)."""
+    if "ETag" in headers or "Last-Modified" in headers:
+        return False
+    seen = freshness(headers, now=time.time())
+    return seen.fresh_for == 0 and seen.stale_while_revalidate == 0
 
 
 def _explicitly_fresh(headers: httpx.Headers) -> bool:
@@ -465,6 +432,7 @@ class Freshness:
     age: int  # seconds since the upstream made it
     stale_for: int  # seconds past its freshness; 0 while fresh
     may_serve_stale: bool  # neither no-cache, no-store, must-revalidate nor private
+    stale_while_revalidate: int  # the upstream's own RFC 5861 window, in seconds
 
 
 NEVER_STALE = frozenset({"no-store", "no-cache", "must-revalidate", "proxy-revalidate", "private"})
@@ -490,7 +458,12 @@ def freshness(headers: httpx.Headers | Headers, *, now: float) -> Freshness:
         age=age,
         stale_for=max(0, age - lifetime),
         may_serve_stale=not control.keys() & NEVER_STALE,
+        stale_while_revalidate=_seconds(control.get("stale-while-revalidate", "")),
     )
+
+
+def _seconds(value: str) -> int:
+    return int(value) if value.isdigit() else 0
 
 
 @functools.lru_cache(maxsize=256)

@@ -35,7 +35,8 @@ UPSTREAM_SECONDS = Histogram(
 )
 UPSTREAM_CACHE = Counter(
     "upstream_cache_total",
-    "Upstream GETs by what the HTTP cache did: hit, miss, revalidated (a 304), stale.",
+    "Upstream GETs by what the HTTP cache did: hit, miss, revalidated (a 304), stale "
+    "(stale-if-error), stale_while_revalidate (served while asked again in the background).",
     ["result"],
 )
 UPSTREAM_CACHE_STORE_ERRORS = Counter(
@@ -47,6 +48,23 @@ UPSTREAM_COALESCED = Counter(
 )
 UPSTREAM_RETRIES = Counter(
     "upstream_retries_total", "Upstream calls tried again after a connection error."
+)
+UPSTREAM_HEDGES = Counter(
+    "upstream_hedges_total",
+    "Hedges of slow upstream calls: won (answered first), lost (cancelled), skipped "
+    "(due, but the budget, the breaker or the concurrency bound said no).",
+    ["outcome"],
+)
+UPSTREAM_BREAKER_STATE = Gauge(
+    "upstream_breaker_state",
+    "Each upstream host's breaker: 0 closed, 1 half-open, 2 open.",
+    ["host"],
+    multiprocess_mode="livemax",
+)
+UPSTREAM_BREAKER_TRANSITIONS = Counter(
+    "upstream_breaker_transitions_total",
+    "Times a host's breaker moved, by the state it moved to.",
+    ["host", "to"],
 )
 DB_POOL_SIZE = Gauge(
     "db_pool_connections", "Connections the pool holds.", multiprocess_mode="livesum"

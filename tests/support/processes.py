@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from app.settings import Settings
 from tools import REPO
@@ -57,6 +58,17 @@ class Service:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
         return self.process.wait(timeout=timeout)
+
+
+async def metric(service: Service, name: str, **labels: str) -> float:
+    """The value of one sample on the service's /metrics (0 when it is not there)."""
+    async with httpx.AsyncClient(base_url=service.base) as client:
+        text = (await client.get("/metrics")).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return 0.0
 
 
 def serve_command(workdir: Path, **settings: str) -> dict[str, Any]:
