@@ -17,7 +17,7 @@ UV_VERSION := 0.13.8
 DEV_DB_DIR := .run/mariadb
 export DEV_DB_PORT ?= 3307
 
-.PHONY: help run test migrate openapi lint format bench bench-quick bench-instructions soak db-start db-stop lock clean cluster cluster-stop cluster-drill
+.PHONY: help run test migrate openapi lint format bench bench-quick bench-tail bench-instructions soak db-start db-stop lock clean cluster cluster-stop cluster-drill
 
 help:
 	@echo "make run      serve the app on http://$${HOST:-127.0.0.1}:$${PORT:-8000} (docs at /docs)"
@@ -28,7 +28,8 @@ help:
 	@echo "make cluster  MariaDB, Redis, 3 instances and HAProxy on HOST:PORT (make cluster-stop;"
 	@echo "              make cluster-drill: rolling restart, SIGKILL, budget, forged headers, store down)"
 	@echo "make bench    this service against Flask and FastAPI (make bench-quick: ~2 min;"
-	@echo "              make bench-instructions: instructions per request; make soak)"
+	@echo "              make bench-instructions: instructions per request; make bench-tail:"
+	@echo "              a slow or down upstream, hedging and the breaker; make soak)"
 
 # What the service runs (make run); the test and lint tools come on top (make test).
 $(INSTALLED): requirements.lock
@@ -137,6 +138,12 @@ endef
 bench: $(BENCH_INSTALLED)
 	@$(need_bench_tools)
 	$(PY) -m bench.run $(BENCH_ARGS)
+	$(PY) -m bench.tail
+
+# the upstream's tail, a down upstream, stale-while-revalidate (bench/tail.py): ~6 minutes
+bench-tail: $(BENCH_INSTALLED)
+	@$(need_bench_tools)
+	$(PY) -m bench.tail $(BENCH_ARGS)
 
 bench-quick: $(BENCH_INSTALLED)
 	@$(need_bench_tools)
