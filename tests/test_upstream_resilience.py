@@ -268,6 +268,31 @@ async def test_the_breaker_opens_after_its_failures_and_calls_stop(
     assert counted("upstream_calls_total", outcome="breaker_open") >= 20
 
 
+async def test_a_failure_shared_by_coalesced_requests_counts_for_each(
+    respx_mock: respx.MockRouter,
+) -> None:
+    # a silent host asked for one URL by many requests: one call, many requests failed
+    calls = 0
+
+    async def slow_failure(request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.05)
+        return httpx.Response(503)
+
+    respx_mock.get(URL).mock(side_effect=slow_failure)
+    async with upstream_with(breaker=(5, 60.0)) as upstream:
+        together = await asyncio.gather(
+            *(get_post(upstream, 7) for _ in range(5)), return_exceptions=True
+        )
+        with pytest.raises(UpstreamError) as raised:
+            await get_post(upstream, 7)
+
+    assert all(isinstance(result, UpstreamError) for result in together)
+    assert calls == 1
+    assert "breaker is open" in raised.value.detail
+
+
 async def test_answers_that_are_not_failures_never_open_the_breaker(
     respx_mock: respx.MockRouter,
 ) -> None:

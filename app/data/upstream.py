@@ -115,6 +115,7 @@ class Upstream:
             breaker=breaker,
         )
         self._in_flight: dict[str, asyncio.Future[Fetched[Any]]] = {}
+        self._joined: dict[str, int] = {}  # requests waiting on a call they did not start
         self._kept: KeptAnswers[Fetched[Any]] = KeptAnswers(KEPT_ANSWERS)
         # served from _kept, an answer is still in use: the memory storage keeps it longer
         self._touch = storage.touch if isinstance(storage, MemoryStorage) else _ignore
@@ -138,6 +139,7 @@ class Upstream:
             call = self._start(url, background=False)
         else:
             UPSTREAM_COALESCED.inc()
+            self._joined[url] = self._joined.get(url, 0) + 1
         # shielded: a caller that gives up does not cancel the call the others wait on
         return await asyncio.shield(call)
 
@@ -176,6 +178,7 @@ class Upstream:
     def _landed(self, url: str, call: asyncio.Future[Fetched[Any]]) -> None:
         if self._in_flight.get(url) is call:
             del self._in_flight[url]
+            self._joined.pop(url, None)
         if not call.cancelled():
             call.exception()  # seen, even when every caller had given up
 
@@ -191,6 +194,8 @@ class Upstream:
             fetched = await self._call(url, hedge=not background)
         except UpstreamError as error:
             _count_call(error.outcome, started)
+            if error.host_failed and (joined := self._joined.pop(url, 0)):
+                self.calls.failed_for_others(url, joined)
             if error.code == "not_found":
                 self._kept.discard(url)
             stale = await self._stale(url) if self._may_serve_stale(error) else None

@@ -58,6 +58,13 @@ class UpstreamError(Exception):
         self.called = called  # False: the breaker was open, nothing was sent
 
     @property
+    def host_failed(self) -> bool:
+        """What the host's breaker counts as a failure: no answer, or a 5xx."""
+        if self.code == "upstream_error":
+            return (self.status or 0) >= 500
+        return self.called and self.code in ("timeout", "unreachable")
+
+    @property
     def outcome(self) -> str:
         """Its label in upstream_calls_total."""
         return self.code if self.called else "breaker_open"
@@ -192,7 +199,7 @@ class UpstreamCalls:
             healthy = False
             raise UpstreamError(url, "timeout", f"no answer within {self.timeout:g} s") from None
         except UpstreamError as error:
-            healthy = error.code not in ("timeout", "unreachable")
+            healthy = not error.host_failed
             raise
         finally:
             if breaker is not None:
@@ -202,6 +209,16 @@ class UpstreamCalls:
                     breaker.succeeded(probe=probe)
                 else:
                     breaker.failed(probe=probe)
+
+    def failed_for_others(self, url: str, count: int) -> None:
+        """`count` more requests than the call's own met its failure (they had joined it):
+        the breaker counts each. Otherwise, with coalescing, a silent host asked for two
+        URLs fails two calls per timeout and never reaches the breaker's threshold,
+        while every request waits the whole timeout."""
+        breaker = self.host(url).breaker
+        if breaker is not None:
+            for _ in range(count):
+                breaker.failed(probe=False)
 
     def _hedge_delay(self, host: Host) -> float | None:
         if self.hedge_after == "auto":
