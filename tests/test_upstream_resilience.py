@@ -208,19 +208,25 @@ def test_the_budget_grows_with_the_calls_and_forgets_after_its_period(
     assert sum(budget.try_spend() for _ in range(100)) == 10
 
 
-async def test_auto_hedging_waits_for_the_hosts_own_95th_percentile() -> None:
+def test_auto_hedging_waits_for_the_hosts_own_95th_percentile_when_it_has_a_tail() -> None:
     latency = RecentLatency(keep=100, every=10, least=50)
     for _ in range(49):
-        latency.record(0.010)
-    assert latency.p95 is None  # too few to tell: no hedging yet
+        latency.record(0.050)
+    assert latency.hedge_after is None  # too few to tell: no hedging yet
     for n in range(51):
-        latency.record(0.010 if n % 10 else 2.0)  # 1 in 10 is slow
+        latency.record(2.0 if n % 10 == 0 else 0.050 + n / 10_000)  # 6 in 100 are slow
 
     assert latency.p95 == 2.0
+    assert latency.hedge_after is None  # a hedge sent at a slow p95 could not win
     for n in range(100):
-        latency.record(0.010 if n % 50 else 2.0)  # 1 in 50
+        latency.record(2.0 if n % 50 == 0 else 0.050 + n / 10_000)  # 1 in 50
 
-    assert latency.p95 == 0.010
+    assert latency.hedge_after == pytest.approx(0.0597)
+    for n in range(100):
+        latency.record(0.050 + n / 10_000)  # nothing slow: a hedge could not win
+
+    assert latency.p95 == pytest.approx(0.0595)
+    assert latency.hedge_after is None
 
 
 # --- retries --------------------------------------------------------------------------

@@ -142,10 +142,14 @@ class ExtraCallBudget:
 
 
 class RecentLatency:
-    """The recent latencies of one host's answered calls, and their 95th percentile.
+    """The recent latencies of one host's answered calls, and when to hedge a call to it.
 
-    The last `keep` samples; the percentile is worked out again every `every` samples
-    (a sort of `keep` floats), and is None until `least` samples have come.
+    A hedge sent at the 95th percentile answers at about p95 + p50; it can only win
+    where the slow calls take longer than that. So `hedge_after` is p95 while the
+    host's 99th percentile is past p95 + p50 (it has a tail worth cutting), and None
+    while it is not (nothing is slow: a hedge would be a wasted call). Worked out
+    from the last `keep` samples every `every` samples (a sort of `keep` floats), and
+    None until `least` samples have come.
     """
 
     def __init__(self, keep: int = 512, every: int = 64, least: int = 50) -> None:
@@ -155,7 +159,8 @@ class RecentLatency:
         self._samples: list[float] = []
         self._next = 0
         self._since = 0
-        self.p95: float | None = None
+        self.p50 = self.p95 = self.p99 = math.nan
+        self.hedge_after: float | None = None
 
     def record(self, seconds: float) -> None:
         if len(self._samples) < self.keep:
@@ -164,7 +169,15 @@ class RecentLatency:
             self._samples[self._next] = seconds
             self._next = (self._next + 1) % self.keep
         self._since += 1
-        if len(self._samples) >= self.least and (self._since >= self.every or self.p95 is None):
+        if len(self._samples) >= self.least and (self._since >= self.every or math.isnan(self.p95)):
             self._since = 0
             ordered = sorted(self._samples)
-            self.p95 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.95))]
+            last = len(ordered) - 1
+            self.p50, self.p95, self.p99 = (
+                ordered[min(last, int(len(ordered) * q))] for q in (0.5, 0.95, 0.99)
+            )
+            self.hedge_after = self.p95 if self.p99 > self.p95 + self.p50 else None
+
+
+def _quantile(ordered: list[float], q: float) -> float:
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]

@@ -222,7 +222,7 @@ class UpstreamCalls:
 
     def _hedge_delay(self, host: Host) -> float | None:
         if self.hedge_after == "auto":
-            return host.latency.p95
+            return host.latency.hedge_after
         return self.hedge_after
 
     async def _hedged(self, url: str, host: Host, delay: float) -> Answer:
@@ -262,7 +262,13 @@ class UpstreamCalls:
         # once; each retry is an extra call, within the budget hedges share.
         for attempt in range(retries + 1):
             try:
-                return await self._attempt(url, host)
+                async with self._slots:
+                    started = time.perf_counter()
+                    answer = await self._get_once(url)
+                caching = answer[3]
+                if caching is None or not caching["from_cache"] or caching["revalidated"]:
+                    host.latency.record(time.perf_counter() - started)  # it went to the host
+                return answer
             except httpx.TransportError as error:
                 code, detail = classify(error)
                 if code == "timeout":
@@ -272,15 +278,6 @@ class UpstreamCalls:
             UPSTREAM_RETRIES.inc()
             await asyncio.sleep(RETRY_PAUSE * (attempt + 1) * random.uniform(0.5, 1.5))  # noqa: S311
         raise AssertionError("unreachable")  # pragma: no cover
-
-    async def _attempt(self, url: str, host: Host) -> Answer:
-        async with self._slots:
-            started = time.perf_counter()
-            answer = await self._get_once(url)
-        caching = answer[3]
-        if caching is None or not caching["from_cache"] or caching["revalidated"]:
-            host.latency.record(time.perf_counter() - started)  # it went to the host
-        return answer
 
     async def _get_once(self, url: str) -> Answer:
         """The answer, with the body of a 2xx, never holding more than max_body_bytes."""
