@@ -110,6 +110,28 @@ async def test_a_slow_call_is_hedged_and_the_loser_leaves_nothing_behind(
         assert counted("upstream_hedges_total", outcome="won") == won + 1
 
 
+async def test_a_hedged_call_leaves_one_cache_entry(respx_mock: respx.MockRouter) -> None:
+    calls = 0
+
+    async def first_slow(request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            await asyncio.sleep(SLOW)
+        return httpx.Response(200, json=POST, headers={"Cache-Control": "max-age=60"})
+
+    respx_mock.get(URL).mock(side_effect=first_slow)
+    async with upstream_with(cached=True, hedge_after=0.05) as upstream:
+        await get_post(upstream, 7)
+        assert isinstance(upstream.storage, MemoryStorage)
+        stored = upstream.storage.count
+        again = await get_post(upstream, 7)
+
+    assert calls == 2
+    assert stored == 1  # the winner's; the cancelled loser stored nothing
+    assert again.cache == "hit"
+
+
 async def test_a_call_that_answers_in_time_is_not_hedged(respx_mock: respx.MockRouter) -> None:
     route = respx_mock.get(URL).mock(side_effect=Answers())
 
