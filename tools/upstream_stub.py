@@ -111,6 +111,7 @@ def build_app(delay: float = 0.0, tail: tuple[int, float] = (0, 0.0)) -> web.App
         if request.path.startswith("/_"):
             return await handler(request)
         counters.calls += 1
+        number = counters.calls  # this call's own: the counter moves on while it sleeps
         if "Cookie" in request.headers:
             counters.with_cookie += 1
         if "If-None-Match" in request.headers or "If-Modified-Since" in request.headers:
@@ -122,7 +123,7 @@ def build_app(delay: float = 0.0, tail: tuple[int, float] = (0, 0.0)) -> web.App
                 await asyncio.Event().wait()  # until the client gives up
             if delay:
                 await asyncio.sleep(delay)
-            if counters.tail_every and counters.calls % counters.tail_every == 0:
+            if counters.tail_every and number % counters.tail_every == 0:
                 await asyncio.sleep(counters.tail_seconds)
             if counters.fail_status:
                 return web.Response(status=counters.fail_status)

@@ -145,7 +145,8 @@ class RecentLatency:
     """The recent latencies of one host's answered calls, and when to hedge a call to it.
 
     A hedge sent at the 95th percentile answers at about p95 + p50; it can only win
-    where the slow calls take longer than that. So `hedge_after` is p95 while the
+    where the slow calls take longer than that. A call its hedge overtook is recorded
+    as infinitely slow. So `hedge_after` is p95 while the
     host's 99th percentile is past p95 + p50 (it has a tail worth cutting), and None
     while it is not (nothing is slow: a hedge would be a wasted call). Worked out
     from the last `keep` samples every `every` samples (a sort of `keep` floats), and
@@ -172,10 +173,7 @@ class RecentLatency:
         if len(self._samples) >= self.least and (self._since >= self.every or math.isnan(self.p95)):
             self._since = 0
             ordered = sorted(self._samples)
-            last = len(ordered) - 1
-            self.p50, self.p95, self.p99 = (
-                ordered[min(last, int(len(ordered) * q))] for q in (0.5, 0.95, 0.99)
-            )
+            self.p50, self.p95, self.p99 = (_quantile(ordered, q) for q in (0.5, 0.95, 0.99))
             self.hedge_after = self.p95 if self.p99 > self.p95 + self.p50 else None
 
 

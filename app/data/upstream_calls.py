@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import random
 import time
 from collections.abc import AsyncIterator
@@ -186,13 +187,17 @@ class UpstreamCalls:
         probe = admission == "probe"
         self.budget.called()
         healthy: bool | None = None  # what the breaker learns; None: nothing (cancelled)
+        # a call's latency counts from here, as the hedge's delay does: the wait for a
+        # slot and for the loop to run it included
+        began = time.perf_counter()
         try:
             async with asyncio.timeout(self.timeout):
                 delay = None if probe or not hedge else self._hedge_delay(host)
                 if delay is None:
-                    answer = await self._with_retries(url, host, 0 if probe else self.retries)
+                    retries = 0 if probe else self.retries
+                    answer = await self._with_retries(url, retries, host, began)
                 else:
-                    answer = await self._hedged(url, host, delay)
+                    answer = await self._hedged(url, host, delay, began)
             healthy = answer[0] < 500
             return answer
         except TimeoutError:
@@ -225,10 +230,10 @@ class UpstreamCalls:
             return host.latency.hedge_after
         return self.hedge_after
 
-    async def _hedged(self, url: str, host: Host, delay: float) -> Answer:
+    async def _hedged(self, url: str, host: Host, delay: float, began: float) -> Answer:
         """The first complete answer of the call and, if it has not answered after
         `delay`, one identical call; the other is cancelled and awaited."""
-        first = asyncio.ensure_future(self._with_retries(url, host, self.retries))
+        first = asyncio.ensure_future(self._with_retries(url, self.retries, host, began))
         running: set[asyncio.Future[Answer]] = {first}
         try:
             done, running = await asyncio.wait(running, timeout=delay)
@@ -237,14 +242,22 @@ class UpstreamCalls:
             if self._slots.locked() or not self.budget.try_spend():
                 _hedge_counter("skipped").inc()
                 return await first
-            hedge = asyncio.ensure_future(self._with_retries(url, host, self.retries))
+            # its latency is not the host's as a first call meets it: not recorded
+            hedge = asyncio.ensure_future(self._with_retries(url, self.retries))
             running.add(hedge)
             failure: BaseException | None = None
             while running:
                 done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
                 for attempt in done:
                     if (error := attempt.exception()) is None:
-                        _hedge_counter("won" if attempt is hedge else "lost").inc()
+                        if attempt is hedge:
+                            _hedge_counter("won").inc()
+                            # never answered, and slower than anything measured: left
+                            # out, the tail the hedges cut would vanish from the
+                            # samples, and auto hedging would stop
+                            host.latency.record(math.inf)
+                        else:
+                            _hedge_counter("lost").inc()
                         return attempt.result()
                     failure = failure or error
             assert failure is not None
@@ -256,18 +269,21 @@ class UpstreamCalls:
                 # a loser leaves nothing behind: its connection is released or closed
                 await asyncio.gather(*running, return_exceptions=True)
 
-    async def _with_retries(self, url: str, host: Host, retries: int) -> Answer:
+    async def _with_retries(
+        self, url: str, retries: int, host: Host | None = None, began: float = 0.0
+    ) -> Answer:
+        """The answer; with `host`, its latency since `began` is recorded."""
         # GET is idempotent: a connection refused, reset or closed before any answer is
         # tried again after a jittered pause, so that many callers do not come back at
         # once; each retry is an extra call, within the budget hedges share.
         for attempt in range(retries + 1):
             try:
                 async with self._slots:
-                    started = time.perf_counter()
                     answer = await self._get_once(url)
                 caching = answer[3]
-                if caching is None or not caching["from_cache"] or caching["revalidated"]:
-                    host.latency.record(time.perf_counter() - started)  # it went to the host
+                went_out = caching is None or not caching["from_cache"] or caching["revalidated"]
+                if host is not None and went_out:
+                    host.latency.record(time.perf_counter() - began)
                 return answer
             except httpx.TransportError as error:
                 code, detail = classify(error)
