@@ -87,15 +87,24 @@ class Row:
     errors: int
     upstream_calls: int
     calls_per_request: float
+    hedges: str  # won/lost/skipped during the run, from this service's metrics; "-" for peers
 
 
 def load(
-    scene: str, app: str, url: str, connections: int, seconds: int, count_calls: Callable[[], int]
+    scene: str,
+    app: str,
+    server: Server,
+    path: str,
+    connections: int,
+    seconds: int,
+    count_calls: Callable[[], int],
 ) -> Row:
-    """wrk against `url`; `count_calls()` says how many calls reached the host meanwhile."""
-    before = count_calls()
-    figures = wrk(url, connections, seconds)
+    """wrk against `path`; `count_calls()` says how many calls reached the host meanwhile."""
+    ours = server.app == OURS
+    before, hedged_before = count_calls(), hedges(server) if ours else (0, 0, 0)
+    figures = wrk(server.base + path, connections, seconds)
     calls = count_calls() - before
+    hedged = [after - earlier for after, earlier in zip(hedges(server), hedged_before, strict=True)]
     requests = figures["requests"]
     return Row(
         scene=scene,
@@ -110,7 +119,18 @@ def load(
         errors=figures["connect"] + figures["read"] + figures["write"] + figures["timeout"],
         upstream_calls=calls,
         calls_per_request=round(calls / requests, 3) if requests else 0.0,
+        hedges="/".join(str(n) for n in hedged) if ours else "-",
     )
+
+
+def hedges(server: Server) -> tuple[int, int, int]:
+    """upstream_hedges_total won, lost, skipped so far."""
+    counted = dict.fromkeys(("won", "lost", "skipped"), 0)
+    for line in httpx.get(f"{server.base}/metrics", timeout=5).text.splitlines():
+        if line.startswith("upstream_hedges_total{"):
+            outcome = line.split('"')[1]
+            counted[outcome] = int(float(line.rsplit(" ", 1)[1]))
+    return counted["won"], counted["lost"], counted["skipped"]
 
 
 def heavy_tail(database: PrivateMariaDB, workdir: Path, seconds: int, rows: list[Row]) -> None:
@@ -125,11 +145,11 @@ def heavy_tail(database: PrivateMariaDB, workdir: Path, seconds: int, rows: list
         for name, (app, env) in apps.items():
             server = start_server(app, database, stub, workdir, extra_env=env)
             try:
-                url = f"{server.base}/api/v1/posts?ids={IDS}"
+                path = f"/api/v1/posts?ids={IDS}"
                 for connections in (8, 64):
-                    wrk(url, connections, 5)  # warm-up: `auto` learns the host's p95
+                    wrk(server.base + path, connections, 5)  # warm-up: `auto` learns the p95
                     row = load(
-                        "heavy tail, fan-out x10", name, url, connections, seconds,
+                        "heavy tail, fan-out x10", name, server, path, connections, seconds,
                         lambda: stub.control("/_stats")["calls"],
                     )  # fmt: skip
                     rows.append(row)
@@ -169,17 +189,12 @@ def down(database: PrivateMariaDB, workdir: Path, seconds: int, rows: list[Row])
                 stub.control("/_silent")
             else:
                 stub.stop()  # its port now refuses
-            url = f"{server.base}/"
-            wrk(url, 8, 7)  # warm-up: long enough for five timeouts to open the breaker
+            wrk(
+                f"{server.base}/", 8, 7
+            )  # warm-up: long enough for five timeouts to open the breaker
             name = f"stale-if-error {stale}, breaker {breaker}"
-            row = load(
-                f"upstream {how}, GET /",
-                name,
-                url,
-                8,
-                seconds,
-                functools.partial(host_calls, server),
-            )
+            calls = functools.partial(host_calls, server)
+            row = load(f"upstream {how}, GET /", name, server, "/", 8, seconds, calls)
             rows.append(row)
             print(json.dumps(asdict(row)), flush=True)
         finally:
@@ -200,12 +215,12 @@ def stale_while_revalidate(
                 "UPSTREAM_BASE_URL": f"{stub.base}/cached/1",
             }
             server = start_server(OURS, database, stub, workdir, extra_env=env)
-            server_url = f"{server.base}/api/v1/posts/1"
+            path = "/api/v1/posts/1"
             try:
-                wrk(server_url, 8, 2)
+                wrk(server.base + path, 8, 2)
                 row = load(
                     "expiring post (max-age=1, 200 ms upstream)",
-                    f"stale-while-revalidate {window}", server_url, 8, seconds,
+                    f"stale-while-revalidate {window}", server, path, 8, seconds,
                     lambda: stub.control("/_stats")["calls"],
                 )  # fmt: skip
                 rows.append(row)
@@ -225,14 +240,14 @@ def render(rows: list[Row], started: str, machine: str, seconds: int) -> str:
         "scenes: calls the service sent, from its metrics).",
         "",
         "| scene | app | conns | req/s | p50 ms | p99 ms | p99.9 ms | non-2xx | errors "
-        "| upstream calls | calls/request |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| upstream calls | calls/request | hedges won/lost/skipped |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
         lines.append(
             f"| {r.scene} | {r.app} | {r.connections} | {r.rps:.0f} | {r.p50_ms} | {r.p99_ms} "
             f"| {r.p999_ms} | {r.non_2xx} | {r.errors} | {r.upstream_calls} "
-            f"| {r.calls_per_request} |"
+            f"| {r.calls_per_request} | {r.hedges} |"
         )
     return "\n".join(lines) + "\n"
 
