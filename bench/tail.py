@@ -5,8 +5,8 @@ one worker per app, wrk from a separate process, calls counted at the stub:
 
 - a heavy tail (1 call in 50 takes 1 s more, the rest 50 ms): the fan-out
   `/api/v1/posts?ids=1..10` with the cache and coalescing off, hedging on (`auto`) and
-  off, against FastAPI + uvicorn on the same upstream; p50, p99, p99.9 and upstream calls
-  per request;
+  off, against FastAPI + uvicorn on the same upstream, both with 200 upstream connections;
+  p50, p99, p99.9 and upstream calls per request;
 - a down upstream, refusing and silent: `GET /` once the breaker has opened (after a
   warm-up that opens it), with and without stale-if-error; calls that reached the host;
 - an expired post with stale-while-revalidate (max-age=1, a 200 ms upstream): one post
@@ -137,10 +137,13 @@ def heavy_tail(database: PrivateMariaDB, workdir: Path, seconds: int, rows: list
     stub = Stub(workdir, tail=TAIL)
     stub.start()
     try:
+        # Room for hedges: at 8 connections 80 calls are in flight, and no hedge is sent
+        # while every slot is taken; both apps get the same bound.
+        bound = {"UPSTREAM_MAX_CONCURRENCY": "200", "BENCH_UPSTREAM_MAX_CONCURRENCY": "200"}
         apps = {
-            "quart, hedging auto": (OURS, LIKE_FOR_LIKE | {"UPSTREAM_HEDGE_AFTER": "auto"}),
-            "quart, hedging off": (OURS, LIKE_FOR_LIKE | {"UPSTREAM_HEDGE_AFTER": "off"}),
-            "fastapi": ("fastapi", {}),
+            "quart, hedging auto": (OURS, bound | LIKE_FOR_LIKE | {"UPSTREAM_HEDGE_AFTER": "auto"}),
+            "quart, hedging off": (OURS, bound | LIKE_FOR_LIKE | {"UPSTREAM_HEDGE_AFTER": "off"}),
+            "fastapi": ("fastapi", bound),
         }
         for name, (app, env) in apps.items():
             server = start_server(app, database, stub, workdir, extra_env=env)
@@ -150,7 +153,7 @@ def heavy_tail(database: PrivateMariaDB, workdir: Path, seconds: int, rows: list
                     wrk(server.base + path, connections, 5)  # warm-up: `auto` learns the p95
                     row = load(
                         "heavy tail, fan-out x10", name, server, path, connections, seconds,
-                        lambda: stub.control("/_stats")["calls"],
+                        stub_calls(stub),
                     )  # fmt: skip
                     rows.append(row)
                     print(json.dumps(asdict(row)), flush=True)
@@ -158,6 +161,10 @@ def heavy_tail(database: PrivateMariaDB, workdir: Path, seconds: int, rows: list
                 server.stop()
     finally:
         stub.stop()
+
+
+def stub_calls(stub: Stub) -> Callable[[], int]:
+    return lambda: stub.control("/_stats")["calls"]
 
 
 def host_calls(server: Server) -> int:
@@ -193,7 +200,8 @@ def down(database: PrivateMariaDB, workdir: Path, seconds: int, rows: list[Row])
                 f"{server.base}/", 8, 7
             )  # warm-up: long enough for five timeouts to open the breaker
             name = f"stale-if-error {stale}, breaker {breaker}"
-            calls = functools.partial(host_calls, server)
+            # silent: counted as they arrive at the stub; refusing: as the service sent them
+            calls = stub_calls(stub) if how == "silent" else functools.partial(host_calls, server)
             row = load(f"upstream {how}, GET /", name, server, "/", 8, seconds, calls)
             rows.append(row)
             print(json.dumps(asdict(row)), flush=True)
@@ -221,7 +229,7 @@ def stale_while_revalidate(
                 row = load(
                     "expiring post (max-age=1, 200 ms upstream)",
                     f"stale-while-revalidate {window}", server, path, 8, seconds,
-                    lambda: stub.control("/_stats")["calls"],
+                    stub_calls(stub),
                 )  # fmt: skip
                 rows.append(row)
                 print(json.dumps(asdict(row)), flush=True)
@@ -237,7 +245,7 @@ def render(rows: list[Row], started: str, machine: str, seconds: int) -> str:
         "",
         f"Machine: {machine}. One worker per app, wrk (1 thread) from a separate process, "
         f"{seconds} s per run after a warm-up; upstream calls counted at the stub (the down "
-        "scenes: calls the service sent, from its metrics).",
+        "refusing scene: calls the service sent, from its metrics).",
         "",
         "| scene | app | conns | req/s | p50 ms | p99 ms | p99.9 ms | non-2xx | errors "
         "| upstream calls | calls/request | hedges won/lost/skipped |",
