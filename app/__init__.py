@@ -17,6 +17,7 @@ from app.lifespan import register_lifespan
 from app.settings import Settings
 from app.telemetry.loop_monitor import LoopMonitor
 from app.telemetry.requests import register_observability
+from app.telemetry.tracing import start_tracing
 from app.web.errors import register_error_handlers
 from app.web.hosts import register_host_check
 from app.web.keep_alive import register_connection_keeping
@@ -92,8 +93,15 @@ def create_app(
 
     for module in (original, posts, users, ops, docs):
         app.register_blueprint(module.blueprint)
+    # OTEL_* variables: a server span around each request (app.telemetry.tracing)
+    traced = start_tracing()
+    if traced is not None:
+        app.asgi_app = traced.wrap(app.asgi_app)  # type: ignore[method-assign]
     if settings.trusted_proxies:
-        app.asgi_app = TrustedProxies(app.asgi_app, settings.trusted_proxies)  # type: ignore[method-assign]
+        # outside the tracing: a caller it does not trust cannot continue a trace
+        app.asgi_app = TrustedProxies(  # type: ignore[method-assign]
+            app.asgi_app, settings.trusted_proxies, drop_trace_context=traced is not None
+        )
     if settings.cors_origins:
         app = cors(
             app,

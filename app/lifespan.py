@@ -8,6 +8,7 @@ stops, closes them in the reverse order (an exit stack). They are kept on the ap
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncGenerator
@@ -22,6 +23,7 @@ from app.data.migrate import load_migrations, migrate
 from app.data.upstream import Upstream
 from app.data.upstream_client import open_client
 from app.settings import Settings
+from app.telemetry import tracing
 from app.telemetry.loop_monitor import LoopMonitor
 
 RESOURCES = "app.resources"
@@ -124,4 +126,7 @@ def register_lifespan(
             monitor.start()
             stack.push_async_callback(monitor.stop)
             yield
+        if tracing.active is not None:
+            # what is queued goes to the collector, from a thread, for a few seconds
+            await asyncio.to_thread(tracing.active.shutdown)
         log.info("stopped serving; HTTP client and database pool closed")

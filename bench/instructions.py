@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -34,17 +35,20 @@ from bench.run import (
     JOBS,
     LIKE_FOR_LIKE,
     OURS,
+    REPO,
     RESULTS,
     SAME_APP_ON_UVICORN,
+    TRACED,
     Server,
     Upstream,
     seed,
     start_server,
+    wait_for,
 )
 from tools.devdb import PrivateMariaDB
 from tools.ports import free_port
 
-APPS = (OURS, LIKE_FOR_LIKE, CACHED, "fastapi", FLOOR, SAME_APP_ON_UVICORN)
+APPS = (OURS, LIKE_FOR_LIKE, TRACED, CACHED, "fastapi", FLOOR, SAME_APP_ON_UVICORN)
 AT_ONCE = 8
 WARM_UP = 30
 VALGRIND = shutil.which("valgrind") or "/usr/bin/valgrind"
@@ -111,10 +115,15 @@ def main() -> None:
     # under callgrind every tick of the loop monitor would look like a blocked loop
     slow = {"LOOP_BLOCK_THRESHOLD": "60", "UPSTREAM_TIMEOUT": "60"}
     counts: dict[str, dict[str, float]] = {}
+    spans: dict[str, float] = {}  # per request, by job, for the traced app
+    receiver: subprocess.Popen[bytes] | None = None
     try:
         database.start()
         seed(database)
         upstream.start()
+        if TRACED in apps:
+            receiver, endpoint = start_receiver()
+            os.environ["BENCH_OTLP_ENDPOINT"] = endpoint
         for app in apps:
             server = start_server(app, database, upstream, workdir, slow, prefix, 600)
             try:
@@ -123,16 +132,23 @@ def main() -> None:
                         continue  # the same route as at 8; how many at once barely counts
                     name = job.name.rsplit(" @", 1)[0]
                     n = args.requests // 5 if "fan-out" in name else args.requests
+                    received = spans_received() if app == TRACED else 0
                     per_request = count(server, job.paths[app], n, workdir)
                     counts.setdefault(name, {})[app] = per_request
+                    if app == TRACED:
+                        time.sleep(2)  # the last batch
+                        spans[name] = (spans_received() - received) / (WARM_UP + n)
                     print(json.dumps({"app": app, "job": name, "instructions": per_request}))
             finally:
                 server.stop()
     finally:
+        if receiver is not None:
+            receiver.terminate()
+            receiver.wait(10)
         upstream.stop()
         database.stop()
 
-    table = render(counts, apps, args.requests, started)
+    table = render(counts, apps, args.requests, started, spans)
     print("\n" + table)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "instructions.md").write_text(table)
@@ -141,8 +157,28 @@ def main() -> None:
     shutil.rmtree(workdir, ignore_errors=True)
 
 
+def start_receiver() -> tuple[subprocess.Popen[bytes], str]:
+    """tools/otlp_receiver.py as a process: the traced app's collector."""
+    port = free_port()
+    command = [sys.executable, "-m", "tools.otlp_receiver", "--port", str(port)]
+    process = subprocess.Popen(command, cwd=REPO)
+    endpoint = f"http://127.0.0.1:{port}"
+    wait_for(f"{endpoint}/_stats", process)
+    return process, endpoint
+
+
+def spans_received() -> int:
+    stats = httpx.get(f"{os.environ['BENCH_OTLP_ENDPOINT']}/_stats", timeout=5).json()
+    received: int = stats["spans"]
+    return received
+
+
 def render(
-    counts: dict[str, dict[str, float]], apps: list[str], requests: int, started: str
+    counts: dict[str, dict[str, float]],
+    apps: list[str],
+    requests: int,
+    started: str,
+    spans: dict[str, float],
 ) -> str:
     lines = [
         f"# Instructions per request, {started}",
@@ -157,6 +193,25 @@ def render(
     for job, by_app in counts.items():
         cells = [f"{by_app[app] / 1e6:.2f}" if app in by_app else "-" for app in apps]
         lines.append(f"| {job} | " + " | ".join(cells) + " |")
+    if spans and LIKE_FOR_LIKE in apps:
+        lines += [
+            "",
+            f"Tracing on ({TRACED}: every request sampled, spans exported to a local OTLP",
+            "receiver) against off, per request and per span:",
+            "",
+            "| job | spans per request | cost per request | per span | change |",
+            "| --- | ---: | ---: | ---: | ---: |",
+        ]
+        for job, per_request in spans.items():
+            on, off = counts[job].get(TRACED), counts[job].get(LIKE_FOR_LIKE)
+            if on is None or off is None or not per_request:
+                continue
+            cost = on - off
+            per_span = cost / per_request / 1e3
+            lines.append(
+                f"| {job} | {per_request:.1f} | {cost / 1e6:.2f} M | {per_span:.0f} k "
+                f"| {cost / off:+.1%} |"
+            )
     return "\n".join(lines) + "\n"
 
 

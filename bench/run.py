@@ -49,6 +49,9 @@ LIKE_FOR_LIKE = "quart-like-for-like"
 # This service as shipped, its upstream sending each post with max-age=60 and an ETag.
 CACHED = "quart-cached-60"
 VARIANTS = (LIKE_FOR_LIKE, CACHED)
+# Like for like with tracing on, every request sampled, spans sent to a local OTLP
+# receiver (BENCH_OTLP_ENDPOINT): for `make bench-instructions` only.
+TRACED = "quart-like-for-like-traced"
 PEERS = ("fastapi", "flask-blog")
 # A bare Quart app served with this service's hypercorn settings: not a peer, the floor.
 FLOOR = "quart-floor"
@@ -68,7 +71,7 @@ class Job:
 def _ours_and_reference(paths: dict[str, str]) -> dict[str, str]:
     if OURS not in paths:
         return paths
-    return {**paths, **dict.fromkeys((*VARIANTS, SAME_APP_ON_UVICORN), paths[OURS])}
+    return {**paths, **dict.fromkeys((*VARIANTS, TRACED, SAME_APP_ON_UVICORN), paths[OURS])}
 
 
 _JOBS = (
@@ -214,7 +217,7 @@ def start_server(
         "BENCH_DB_PASSWORD": database.password,
         "BENCH_DB_NAME": database.database,
     }
-    if app in (OURS, *VARIANTS, SAME_APP_ON_UVICORN):
+    if app in (OURS, *VARIANTS, TRACED, SAME_APP_ON_UVICORN):
         # OURS: exactly what `make run` serves, settings from the environment
         command = [sys.executable, "-m", "app"]
         if app == SAME_APP_ON_UVICORN:
@@ -229,8 +232,10 @@ def start_server(
             "UPSTREAM_MAX_CONCURRENCY": str(CONCURRENCY_LIMIT),
             "PORT": str(port),
         }
-        if app == LIKE_FOR_LIKE:
+        if app in (LIKE_FOR_LIKE, TRACED):
             env |= {"UPSTREAM_CACHE": "off", "UPSTREAM_COALESCE": "false"}
+        if app == TRACED:
+            env["OTEL_EXPORTER_OTLP_ENDPOINT"] = os.environ["BENCH_OTLP_ENDPOINT"]
         elif app == CACHED:  # the location of bench/upstream_nginx.conf with caching headers
             env["UPSTREAM_BASE_URL"] = f"{upstream.base}/max-age-60"
     elif app == "fastapi":

@@ -16,7 +16,7 @@ Paths, chosen by the tests through UPSTREAM_URLS / UPSTREAM_BASE_URL:
                          a Post (any id) with Cache-Control: max-age={max_age} and a strong ETag;
                          If-None-Match with that tag answers 304
   /_stats                {"calls", "in_flight", "max_in_flight", "with_cookie", "conditional",
-                         "not_modified"} since /_reset
+                         "not_modified", "traceparents"} since /_reset
   /_reset                zero the counters and end a failure
   /_fail/{status}        from now on every call answers that status (/_reset ends it)
   /_tail/{every}/{seconds}
@@ -58,6 +58,7 @@ class Counters:
         self.tail_every = 0  # /_tail: every n-th call is slower by tail_seconds
         self.tail_seconds = 0.0
         self.silent = False  # /_silent: no call is ever answered
+        self.traceparents: list[str] = []  # each call's traceparent header, in order
 
 
 def post(post_id: int) -> dict[str, object]:
@@ -114,6 +115,8 @@ def build_app(delay: float = 0.0, tail: tuple[int, float] = (0, 0.0)) -> web.App
         number = counters.calls  # this call's own: the counter moves on while it sleeps
         if "Cookie" in request.headers:
             counters.with_cookie += 1
+        if "traceparent" in request.headers and len(counters.traceparents) < 1000:
+            counters.traceparents.append(request.headers["traceparent"])
         if "If-None-Match" in request.headers or "If-Modified-Since" in request.headers:
             counters.conditional += 1
         counters.in_flight += 1
@@ -188,6 +191,7 @@ def build_app(delay: float = 0.0, tail: tuple[int, float] = (0, 0.0)) -> web.App
                 "with_cookie": counters.with_cookie,
                 "conditional": counters.conditional,
                 "not_modified": counters.not_modified,
+                "traceparents": counters.traceparents,
             }
         )
 
@@ -195,6 +199,7 @@ def build_app(delay: float = 0.0, tail: tuple[int, float] = (0, 0.0)) -> web.App
         counters.calls = counters.max_in_flight = counters.with_cookie = 0
         counters.conditional = counters.not_modified = counters.fail_status = 0
         counters.tail_every, counters.silent = 0, False
+        counters.traceparents = []
         return web.json_response({})
 
     async def add_tail(request: web.Request) -> web.StreamResponse:

@@ -25,7 +25,7 @@ import functools
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable
-from typing import Any, Generic, Literal, NamedTuple, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 import httpx
 from hishel import AsyncBaseStorage
@@ -34,12 +34,15 @@ from pydantic_core import from_json
 from app.data.http_cache import MemoryStorage, freshness, stale_entry
 from app.data.upstream_calls import (
     BodyTooLarge,
+    CacheResult,
     FailureCode,
     HedgeAfter,
     UpstreamCalls,
     UpstreamError,
+    cache_result,
     read_chunks,
 )
+from app.telemetry import tracing
 from app.telemetry.metrics import (
     UPSTREAM_CACHE,
     UPSTREAM_CALLS,
@@ -50,8 +53,6 @@ from app.telemetry.metrics import (
 __all__ = ["FailureCode", "Fetched", "Upstream", "UpstreamError", "settled"]
 
 T = TypeVar("T")
-
-CacheResult = Literal["hit", "miss", "revalidated", "stale", "stale_while_revalidate"]
 
 KEPT_ANSWERS = 1024  # parsed answers kept (about 1 MB); see KeptAnswers
 
@@ -140,6 +141,8 @@ class Upstream:
         else:
             UPSTREAM_COALESCED.inc()
             self._joined[url] = self._joined.get(url, 0) + 1
+            if tracing.active is not None:
+                tracing.active.event("upstream.coalesced", **{"url.full": url})
         # shielded: a caller that gives up does not cancel the call the others wait on
         return await asyncio.shield(call)
 
@@ -158,6 +161,9 @@ class Upstream:
         self._touch(url)
         fetched, stored_at, fresh_until = found
         now = time.monotonic()
+        if tracing.active is not None:
+            cache = "hit" if now < fresh_until else "stale_while_revalidate"
+            tracing.active.event("upstream.kept", **{"url.full": url, "upstream.cache": cache})
         if now < fresh_until:
             _cache_counter("hit").inc()
             left = int(fresh_until - now)
@@ -202,6 +208,8 @@ class Upstream:
             if stale is None:
                 raise
             _cache_counter("stale").inc()
+            if tracing.active is not None:
+                tracing.active.event("upstream.stale", **{"url.full": url, "error": error.code})
             return stale
         if fetched.cache != "hit":  # a hit made no call
             _count_call("ok", started)
@@ -231,9 +239,7 @@ class Upstream:
         in_background = 0
         if seen.may_serve_stale:
             in_background = max(self.stale_while_revalidate, seen.stale_while_revalidate)
-        return Fetched(
-            value, seen.fresh_for, seen.age, False, _cache_result(caching), in_background
-        )
+        return Fetched(value, seen.fresh_for, seen.age, False, cache_result(caching), in_background)
 
     def _may_serve_stale(self, error: UpstreamError) -> bool:
         # RFC 5861's errors: unreachable, timed out, 5xx. Never a 404 or a bad answer.
@@ -295,13 +301,6 @@ class KeptAnswers(Generic[T]):
         self._answers.move_to_end(key)
         if len(self._answers) > self.limit:
             self._answers.popitem(last=False)
-
-
-def _cache_result(caching: Any) -> CacheResult:
-    """What hishel's account of an answer (its `caching` extension) says it did."""
-    if caching["from_cache"]:
-        return "revalidated" if caching["revalidated"] else "hit"
-    return "miss"
 
 
 def _ignore(key: str) -> None:

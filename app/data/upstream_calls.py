@@ -24,6 +24,7 @@ import aiohttp
 import httpx
 
 from app.data.resilience import Breaker, BreakerState, ExtraCallBudget, RecentLatency
+from app.telemetry import tracing
 from app.telemetry.metrics import (
     UPSTREAM_BREAKER_STATE,
     UPSTREAM_BREAKER_TRANSITIONS,
@@ -35,6 +36,7 @@ FailureCode = Literal["not_found", "timeout", "unreachable", "upstream_error", "
 # status, body (of a 2xx), headers, and hishel's account of what the cache did (or None)
 Answer = tuple[int, bytes, httpx.Headers, Any]
 HedgeAfter = float | Literal["auto"] | None  # seconds; auto: the host's recent p95; None: off
+CacheResult = Literal["hit", "miss", "revalidated", "stale", "stale_while_revalidate"]
 
 RETRY_PAUSE = 0.05  # seconds, times the attempt number, with jitter
 
@@ -195,7 +197,8 @@ class UpstreamCalls:
                 delay = None if probe or not hedge else self._hedge_delay(host)
                 if delay is None:
                     retries = 0 if probe else self.retries
-                    answer = await self._with_retries(url, retries, host, began)
+                    role = "probe" if probe else "call" if hedge else "revalidation"
+                    answer = await self._with_retries(url, retries, host, began, role)
                 else:
                     answer = await self._hedged(url, host, delay, began)
             healthy = answer[0] < 500
@@ -243,7 +246,7 @@ class UpstreamCalls:
                 _hedge_counter("skipped").inc()
                 return await first
             # its latency is not the host's as a first call meets it: not recorded
-            hedge = asyncio.ensure_future(self._with_retries(url, self.retries))
+            hedge = asyncio.ensure_future(self._with_retries(url, self.retries, role="hedge"))
             running.add(hedge)
             failure: BaseException | None = None
             while running:
@@ -270,16 +273,25 @@ class UpstreamCalls:
                 await asyncio.gather(*running, return_exceptions=True)
 
     async def _with_retries(
-        self, url: str, retries: int, host: Host | None = None, began: float = 0.0
+        self,
+        url: str,
+        retries: int,
+        host: Host | None = None,
+        began: float = 0.0,
+        role: str = "call",
     ) -> Answer:
-        """The answer; with `host`, its latency since `began` is recorded."""
+        """The answer; with `host`, its latency since `began` is recorded. `role` names
+        the first attempt in its trace span (the others are retries)."""
         # GET is idempotent: a connection refused, reset or closed before any answer is
         # tried again after a jittered pause, so that many callers do not come back at
         # once; each retry is an extra call, within the budget hedges share.
         for attempt in range(retries + 1):
             try:
                 async with self._slots:
-                    answer = await self._get_once(url)
+                    if tracing.active is None:
+                        answer = await self._get_once(url)
+                    else:
+                        answer = await self._traced(url, role if attempt == 0 else "retry")
                 caching = answer[3]
                 went_out = caching is None or not caching["from_cache"] or caching["revalidated"]
                 if host is not None and went_out:
@@ -295,11 +307,21 @@ class UpstreamCalls:
             await asyncio.sleep(RETRY_PAUSE * (attempt + 1) * random.uniform(0.5, 1.5))  # noqa: S311
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _get_once(self, url: str) -> Answer:
+    async def _traced(self, url: str, role: str) -> Answer:
+        assert tracing.active is not None
+        with tracing.active.client_span(url, role) as (span, headers):
+            answer = await self._get_once(url, headers)
+            caching = answer[3]
+            tracing.active.answered(span, answer[0], cache_result(caching) if caching else None)
+            return answer
+
+    async def _get_once(self, url: str, headers: dict[str, str] | None = None) -> Answer:
         """The answer, with the body of a 2xx, never holding more than max_body_bytes."""
         # the cache key is the URL, so that a stale answer can be found by it
         extensions = _cache_key(url) if self.cache_keyed else None
-        async with self.client.stream("GET", url, extensions=extensions) as response:
+        async with self.client.stream(
+            "GET", url, headers=headers, extensions=extensions
+        ) as response:
             caching = response.extensions.get("caching")
             try:
                 # read even when it is not a success: a connection left mid-body is closed
@@ -312,6 +334,13 @@ class UpstreamCalls:
             if not response.is_success:
                 return response.status_code, b"", response.headers, caching
         raise UpstreamError(url, "bad_response", detail)
+
+
+def cache_result(caching: Any) -> CacheResult:
+    """What hishel's account of an answer (its `caching` extension) says it did."""
+    if caching["from_cache"]:
+        return "revalidated" if caching["revalidated"] else "hit"
+    return "miss"
 
 
 def _cache_key(url: str) -> dict[str, Any]:

@@ -17,6 +17,8 @@ import asyncmy
 from asyncmy.cursors import DictCursor
 from pydantic import Field
 
+from app.data.database import execute
+
 if sys.version_info >= (3, 12):
     from typing import TypedDict
 else:  # pydantic refuses typing.TypedDict before 3.12; quart-schema needs typing's after
@@ -73,7 +75,8 @@ class EmailTaken(Exception):
 
 async def select_users(connection: asyncmy.Connection, *, after: int = 0, limit: int) -> list[User]:
     async with connection.cursor(DictCursor) as cursor:
-        await cursor.execute(
+        await execute(
+            cursor,
             # only the constant USER_COLUMNS is formatted in; values are bound
             f"SELECT {USER_COLUMNS} FROM users WHERE id > %(after)s ORDER BY id LIMIT %(limit)s",  # noqa: S608
             {"after": after, "limit": limit},
@@ -84,7 +87,8 @@ async def select_users(connection: asyncmy.Connection, *, after: int = 0, limit:
 
 async def select_user(connection: asyncmy.Connection, *, user_id: int) -> UserRow | None:
     async with connection.cursor(DictCursor) as cursor:
-        await cursor.execute(
+        await execute(
+            cursor,
             f"SELECT {USER_COLUMNS}, version FROM users WHERE id = %(id)s",  # noqa: S608
             {"id": user_id},
         )
@@ -96,7 +100,8 @@ async def insert_user(connection: asyncmy.Connection, *, name: str, email: str) 
     """The new user's id; EmailTaken when the address is in use, whatever its case."""
     async with connection.cursor() as cursor:
         with _unique_email(email):
-            await cursor.execute(
+            await execute(
+                cursor,
                 "INSERT INTO users (name, email) VALUES (%(name)s, %(email)s)",
                 {"name": name, "email": email},
             )
@@ -136,7 +141,8 @@ async def update_user(
         return False
     async with connection.cursor() as cursor:
         with _unique_email(email):
-            await cursor.execute(
+            await execute(
+                cursor,
                 UPDATE_USER[versions is not None],
                 {"id": user_id, "name": name, "email": email, "versions": versions},
             )
@@ -151,8 +157,8 @@ async def delete_user(
     if versions == ():
         return False
     async with connection.cursor() as cursor:
-        await cursor.execute(
-            DELETE_USER[versions is not None], {"id": user_id, "versions": versions}
+        await execute(
+            cursor, DELETE_USER[versions is not None], {"id": user_id, "versions": versions}
         )
         deleted: bool = cursor.rowcount == 1
         return deleted

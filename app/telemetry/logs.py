@@ -11,6 +11,8 @@ from typing import Any
 
 from pydantic_core import to_json
 
+from app.telemetry import tracing
+
 # A context variable rather than `g`: tasks started by a request (the upstream fan-out)
 # copy the context, so their log lines carry the id too.
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
@@ -37,6 +39,8 @@ class JsonLineFormatter(logging.Formatter):
         request_id = getattr(record, "request_id", None) or request_id_var.get()
         if request_id is not None:
             line["request_id"] = request_id
+            if tracing.active is not None and (ids := tracing.active.current_ids()):
+                line["trace_id"], line["span_id"] = ids
         for key, value in record.__dict__.items():
             if key not in _STANDARD and key != "request_id":
                 line[key] = value

@@ -66,6 +66,10 @@ UPSTREAM_BREAKER_TRANSITIONS = Counter(
     "Times a host's breaker moved, by the state it moved to.",
     ["host", "to"],
 )
+TRACING_SPANS_DROPPED = Counter(
+    "tracing_spans_dropped_total",
+    "Spans dropped because the export queue was full (the collector slow or away).",
+)
 DB_POOL_SIZE = Gauge(
     "db_pool_connections", "Connections the pool holds.", multiprocess_mode="livesum"
 )

@@ -18,6 +18,7 @@ from quart import Quart, Response, request, websocket
 from quart.typing import ResponseTypes
 from quart.wrappers import BaseRequestWebsocket
 
+from app.telemetry import tracing
 from app.telemetry.logs import request_id_var
 from app.telemetry.loop_monitor import LoopMonitor
 from app.telemetry.metrics import REQUEST_SECONDS, REQUESTS, UNMATCHED
@@ -103,6 +104,8 @@ def begin(current: BaseRequestWebsocket, monitor: LoopMonitor) -> None:
     route = current.url_rule.rule if current.url_rule is not None else UNMATCHED
     current.observed = Observed(offered, route, time.perf_counter())  # type: ignore[attr-defined]
     monitor.enter(route)
+    if tracing.active is not None and route != UNMATCHED:
+        tracing.active.name_server_span(current.method, route)
 
 
 def end(current: BaseRequestWebsocket, response: Response) -> Response:

@@ -7,6 +7,8 @@ is a trusted proxy; the client is then the right-most address of the chain that 
 trusted proxy (each proxy appends the address it saw, so everything left of that is the
 client's own say). hypercorn's ProxyFixMiddleware trusts a number of hops, whoever makes
 them; this trusts addresses. Unset, the headers are ignored and the peer is the client.
+With tracing on, a peer that is not trusted cannot continue its own trace either: its
+`traceparent` is dropped before the server span reads it.
 """
 
 from __future__ import annotations
@@ -19,11 +21,18 @@ from hypercorn.typing import ASGIFramework, ASGIReceiveCallable, ASGISendCallabl
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
+# W3C trace context (and baggage): what a caller sends to continue its own trace here.
+TRACE_CONTEXT_HEADERS = frozenset({b"traceparent", b"tracestate", b"baggage"})
+
 
 class TrustedProxies:
-    def __init__(self, app: ASGIFramework, trusted: Iterable[Network]) -> None:
+    def __init__(
+        self, app: ASGIFramework, trusted: Iterable[Network], *, drop_trace_context: bool = False
+    ) -> None:
         self.app = app
         self.trusted = tuple(trusted)
+        # tracing on: `traceparent` and its kin continue a trace only from a trusted peer
+        self.drop_trace_context = drop_trace_context
 
     async def __call__(
         self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
@@ -31,6 +40,8 @@ class TrustedProxies:
         client = scope.get("client") if scope["type"] in ("http", "websocket") else None
         if client is not None and self._trusts(client[0]):
             scope = self._as_forwarded(scope, client)
+        elif self.drop_trace_context and scope["type"] in ("http", "websocket"):
+            scope = without_trace_context(scope)
         await self.app(scope, receive, send)
 
     def _trusts(self, address: str) -> bool:
@@ -81,3 +92,13 @@ def _parse_forwarded(value: str) -> tuple[list[str], list[str]]:
             elif name.lower() == "proto":
                 protos.append(raw)
     return addresses, protos
+
+
+def without_trace_context(scope: Any) -> Any:
+    """`scope` without the headers that would continue a caller's trace."""
+    headers = [
+        (name, value)
+        for name, value in scope["headers"]
+        if name.lower() not in TRACE_CONTEXT_HEADERS
+    ]
+    return {**scope, "headers": headers}

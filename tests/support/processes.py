@@ -25,7 +25,12 @@ SETTINGS_VARIABLES = frozenset(name.upper() for name in Settings.model_fields)
 
 
 def clean_environ(**settings: str) -> dict[str, str]:
-    environ = {name: value for name, value in os.environ.items() if name not in SETTINGS_VARIABLES}
+    # OTEL_*: a developer's collector would turn tracing on in every service started here
+    environ = {
+        name: value
+        for name, value in os.environ.items()
+        if name not in SETTINGS_VARIABLES and not name.startswith("OTEL_")
+    }
     environ["PYTHONPATH"] = str(REPO)
     environ.update(settings)
     return environ
