@@ -96,7 +96,7 @@ def create_app(
     # OTEL_* variables: a server span around each request (app.telemetry.tracing)
     traced = start_tracing()
     if traced is not None:
-        app.asgi_app = traced.wrap(app.asgi_app)  # type: ignore[method-assign]
+        app.asgi_app = traced.wrap(app.asgi_app)  # type: ignore[method-assign,assignment]
     if settings.trusted_proxies:
         # outside the tracing: a caller it does not trust cannot continue a trace
         app.asgi_app = TrustedProxies(  # type: ignore[method-assign]

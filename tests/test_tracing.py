@@ -96,6 +96,9 @@ async def test_a_fan_out_continues_the_callers_trace_to_the_upstream(
     assert server.attributes["http.route"] == "/api/v1/posts"
     assert server.parent_span_id == parent
     assert server.resource["service.name"] == "quart-async-demo"
+    assert server.attributes["http.request.method"] == "GET"
+    assert server.attributes["url.path"] == "/api/v1/posts"
+    assert server.attributes["http.response.status_code"] == 200
     assert sorted(span.attributes["url.full"] for span in calls) == [
         f"{stub}/posts/1",
         f"{stub}/posts/2",
@@ -170,6 +173,25 @@ async def test_readiness_and_metrics_are_not_traced(
 
     await spans_of(receiver, marker, at_least=1)  # exported after the two others
     assert not [span for span in receiver.spans if span.trace_id == untraced]
+
+
+async def test_invented_methods_share_one_span_name(
+    traced: Service, receiver: OtlpReceiver
+) -> None:
+    trace_id, _, traceparent = new_trace()
+    async with httpx.AsyncClient(base_url=traced.base) as client:
+        for method in ("FROB", "XYZZY", "PURGE1"):
+            await client.request(method, "/api/v1/posts", headers={"traceparent": traceparent})
+
+    servers = await spans_of(receiver, trace_id, at_least=3, kind=SERVER)
+    assert {span.name for span in servers} == {"_OTHER"}  # no route: Quart answered 405
+    assert {span.attributes["http.request.method"] for span in servers} == {"_OTHER"}
+    assert {span.attributes["http.request.method_original"] for span in servers} == {
+        "FROB",
+        "XYZZY",
+        "PURGE1",
+    }
+    assert {span.attributes["http.response.status_code"] for span in servers} == {405}
 
 
 async def test_each_log_line_of_a_request_names_its_trace_and_span(
