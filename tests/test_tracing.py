@@ -112,6 +112,25 @@ async def test_a_fan_out_continues_the_callers_trace_to_the_upstream(
     assert {value.split("-")[1] for value in sent} == {trace_id}
 
 
+async def test_a_trace_the_caller_did_not_sample_is_not_recorded_but_goes_on(
+    traced: Service, receiver: OtlpReceiver, upstream: httpx.AsyncClient
+) -> None:
+    trace_id, parent, _ = new_trace()
+    marker, _, marker_parent = new_trace()
+    async with httpx.AsyncClient(base_url=traced.base) as client:
+        response = await client.get(
+            "/api/v1/posts?ids=1,2", headers={"traceparent": f"00-{trace_id}-{parent}-00"}
+        )
+        await client.get("/healthz", headers={"traceparent": marker_parent})
+
+    assert response.status_code == 200
+    await spans_of(receiver, marker, at_least=1)  # exported after the unsampled request
+    assert not [span for span in receiver.spans if span.trace_id == trace_id]
+    sent = (await upstream.get("/_stats")).json()["traceparents"]
+    assert len(sent) == 2
+    assert {(value.split("-")[1], value.split("-")[3]) for value in sent} == {(trace_id, "00")}
+
+
 async def test_a_single_post_span_is_named_by_its_route_template(
     traced: Service, receiver: OtlpReceiver, upstream: httpx.AsyncClient
 ) -> None:

@@ -86,6 +86,11 @@ class Tracing:
         attempt cancelled (a hedge that lost, a call its hedge overtook) is marked so,
         not as an error. The span is not made current: nothing runs inside it that
         would be its child, and attaching a context costs each call."""
+        if self._unsampled():
+            headers: dict[str, str] = {}
+            self._inject(headers)  # the trace goes on, marked as not sampled
+            yield self._trace.INVALID_SPAN, headers
+            return
         parts = urlsplit(url)
         attributes: dict[str, Any] = {
             "http.request.method": "GET",
@@ -96,7 +101,7 @@ class Tracing:
         if parts.port is not None:
             attributes["server.port"] = parts.port
         span = self.tracer.start_span("GET", kind=self._client, attributes=attributes)
-        headers: dict[str, str] = {}
+        headers = {}
         self._inject(headers, self._trace.set_span_in_context(span))
         try:
             yield span, headers
@@ -120,6 +125,9 @@ class Tracing:
     @contextmanager
     def statement_span(self, statement: str) -> Iterator[Span]:
         """A span for one SQL statement (OpenTelemetry's database conventions)."""
+        if self._unsampled():
+            yield self._trace.INVALID_SPAN
+            return
         operation = statement.split(None, 1)[0].upper() if statement.strip() else "SQL"
         attributes = {
             "db.system": "mariadb",
@@ -135,6 +143,14 @@ class Tracing:
             raise
         finally:
             span.end()
+
+    def _unsampled(self) -> bool:
+        """Whether this runs within a trace that is not sampled, whose spans would not be
+        recorded either. The default samplers (parent-based, or a ratio of the trace id)
+        decide once per trace, so asking the sampler again for each upstream call or
+        statement would cost each one a span's setting-up for nothing."""
+        context = self._trace.get_current_span().get_span_context()
+        return context.is_valid and not context.trace_flags.sampled
 
     def event(self, name: str, **attributes: Any) -> None:
         """An event on the current span (an answer that needed no call of its own)."""
