@@ -52,6 +52,9 @@ VARIANTS = (LIKE_FOR_LIKE, CACHED)
 # Like for like with tracing on, every request sampled, spans sent to a local OTLP
 # receiver (BENCH_OTLP_ENDPOINT): for `make bench-instructions` only.
 TRACED = "quart-like-for-like-traced"
+# The same, sampling one trace in twenty (what docs/operations.md suggests for a busy service).
+TRACED_SAMPLED = "quart-like-for-like-traced-5pct"
+TRACING = (TRACED, TRACED_SAMPLED)
 PEERS = ("fastapi", "flask-blog")
 # A bare Quart app served with this service's hypercorn settings: not a peer, the floor.
 FLOOR = "quart-floor"
@@ -71,7 +74,7 @@ class Job:
 def _ours_and_reference(paths: dict[str, str]) -> dict[str, str]:
     if OURS not in paths:
         return paths
-    return {**paths, **dict.fromkeys((*VARIANTS, TRACED, SAME_APP_ON_UVICORN), paths[OURS])}
+    return {**paths, **dict.fromkeys((*VARIANTS, *TRACING, SAME_APP_ON_UVICORN), paths[OURS])}
 
 
 _JOBS = (
@@ -217,7 +220,7 @@ def start_server(
         "BENCH_DB_PASSWORD": database.password,
         "BENCH_DB_NAME": database.database,
     }
-    if app in (OURS, *VARIANTS, TRACED, SAME_APP_ON_UVICORN):
+    if app in (OURS, *VARIANTS, *TRACING, SAME_APP_ON_UVICORN):
         # OURS: exactly what `make run` serves, settings from the environment
         command = [sys.executable, "-m", "app"]
         if app == SAME_APP_ON_UVICORN:
@@ -232,10 +235,13 @@ def start_server(
             "UPSTREAM_MAX_CONCURRENCY": str(CONCURRENCY_LIMIT),
             "PORT": str(port),
         }
-        if app in (LIKE_FOR_LIKE, TRACED):
+        if app in (LIKE_FOR_LIKE, *TRACING):
             env |= {"UPSTREAM_CACHE": "off", "UPSTREAM_COALESCE": "false"}
-        if app == TRACED:
+        if app in TRACING:
             env["OTEL_EXPORTER_OTLP_ENDPOINT"] = os.environ["BENCH_OTLP_ENDPOINT"]
+        if app == TRACED_SAMPLED:
+            env |= {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio"}
+            env |= {"OTEL_TRACES_SAMPLER_ARG": "0.05"}
         elif app == CACHED:  # the location of bench/upstream_nginx.conf with caching headers
             env["UPSTREAM_BASE_URL"] = f"{upstream.base}/max-age-60"
     elif app == "fastapi":

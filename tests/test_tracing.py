@@ -254,7 +254,7 @@ async def test_a_caller_not_among_the_trusted_proxies_starts_a_trace_of_its_own(
     assert server.parent_span_id == ""
 
 
-async def test_a_collector_that_is_away_costs_requests_nothing(
+async def test_a_collector_that_is_away_costs_requests_nothing_and_every_span_is_counted(
     stub: str, migrated: str, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     nowhere = f"http://127.0.0.1:{free_port()}"  # nothing listens there
@@ -262,7 +262,11 @@ async def test_a_collector_that_is_away_costs_requests_nothing(
         tmp_path_factory.mktemp("collector-away"),
         DATABASE_URL=migrated,
         UPSTREAM_BASE_URL=stub,
+        UPSTREAM_CACHE="off",
+        UPSTREAM_COALESCE="false",
+        UPSTREAM_HEDGE_AFTER="off",
         OTEL_EXPORTER_OTLP_ENDPOINT=nowhere,
+        OTEL_EXPORTER_OTLP_TIMEOUT="1",  # seconds: a batch is given up on soon
         OTEL_BSP_MAX_QUEUE_SIZE="64",  # so that spans overflow it within the test
         OTEL_BSP_MAX_EXPORT_BATCH_SIZE="64",
         **FAST_EXPORT,
@@ -271,11 +275,25 @@ async def test_a_collector_that_is_away_costs_requests_nothing(
             answers = await asyncio.gather(
                 *(client.get("/api/v1/posts?ids=1,2,3") for _ in range(100))
             )
-            dropped = await metric(service, "tracing_spans_dropped_total")
+        made = 100 * 4  # a server span and three calls each (and the start's /healthz)
+
+        async def lost() -> tuple[float, float]:
+            return (
+                await metric(service, "tracing_spans_dropped_total", reason="queue_full"),
+                await metric(service, "tracing_spans_dropped_total", reason="not_delivered"),
+            )
+
+        for _ in range(100):  # the last batches wait out the exporter's retries
+            queue_full, not_delivered = await lost()
+            if queue_full + not_delivered >= made:
+                break
+            await asyncio.sleep(0.2)
         lines = service.log_lines()
 
     assert [answer.status_code for answer in answers] == [200] * 100
-    assert dropped > 0
+    assert queue_full > 0
+    assert not_delivered > 0
+    assert made <= queue_full + not_delivered < made + 10
     warnings = [line for line in lines if '"level":"WARNING"' in line and "opentelemetry" in line]
     assert len(warnings) <= 2  # once a minute, not once a span
 

@@ -68,7 +68,8 @@ UPSTREAM_BREAKER_TRANSITIONS = Counter(
 )
 TRACING_SPANS_DROPPED = Counter(
     "tracing_spans_dropped_total",
-    "Spans dropped because the export queue was full (the collector slow or away).",
+    "Spans lost: no room in the export queue, or a batch the collector never received.",
+    ["reason"],
 )
 DB_POOL_SIZE = Gauge(
     "db_pool_connections", "Connections the pool holds.", multiprocess_mode="livesum"

@@ -15,24 +15,19 @@ trace checks that once. On (`start_tracing`, from `create_app`):
 - each JSON log line of a request carries `trace_id` and `span_id` (app.telemetry.logs).
 
 Spans leave in batches from the SDK's own thread (never the event loop), from a bounded
-queue (OTEL_BSP_MAX_QUEUE_SIZE, 2048 by default): with the collector away, the spans that
-do not fit are dropped and counted (`tracing_spans_dropped_total`), and its failures are
-logged once a minute, not once a batch.
+queue (OTEL_BSP_MAX_QUEUE_SIZE, 2048 by default): with the collector away, spans that do
+not fit, or that it never receives, are dropped and counted (app.telemetry.tracing_export).
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import threading
-import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
-
-from app.telemetry.metrics import TRACING_SPANS_DROPPED
 
 if TYPE_CHECKING:
     from hypercorn.typing import ASGIFramework as ASGIApp
@@ -46,7 +41,6 @@ if TYPE_CHECKING:
 ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
 SERVICE_NAME = "quart-async-demo"
 UNTRACED_PATHS = "/readyz,/metrics"
-WARN_EVERY = 60.0  # seconds between two warnings that spans cannot be exported
 EXPORT_ON_STOP = 3.0  # seconds a stopping process waits for its last spans to leave
 
 
@@ -187,11 +181,12 @@ def start_tracing(environ: Mapping[str, str] = os.environ) -> Tracing | None:
     if active is not None or not tracing_configured(environ):
         return active
     from opentelemetry import trace
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.resources import SERVICE_NAME as SERVICE_NAME_KEY
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    from app.telemetry.tracing_export import CountingExporter, quieten_export_failures
 
     # Resource.create reads OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES (without
     # either, the service is SERVICE_NAME); the provider reads OTEL_TRACES_SAMPLER
@@ -201,9 +196,9 @@ def start_tracing(environ: Mapping[str, str] = os.environ) -> Tracing | None:
     if str(resource.attributes.get(SERVICE_NAME_KEY, "")).startswith("unknown_service"):
         resource = resource.merge(Resource({SERVICE_NAME_KEY: SERVICE_NAME}))
     provider = TracerProvider(resource=resource)
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    provider.add_span_processor(BatchSpanProcessor(CountingExporter()))
     trace.set_tracer_provider(provider)
-    _quieten_export_failures()
+    quieten_export_failures()
     active = Tracing(provider)
     return active
 
@@ -300,36 +295,3 @@ class ServerSpans:
                     span.set_status(self._error)
             span.end()
             self._detach(token)
-
-
-class ExportFailures(logging.Filter):
-    """The SDK logs each span it drops and each failed export: with the collector away
-    under load, a line per span. Drops are counted; one warning a minute goes through."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._passed_at = -WARN_EVERY
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < logging.WARNING:
-            return True
-        if "Queue full" in str(record.msg):
-            TRACING_SPANS_DROPPED.inc()
-        now = time.monotonic()
-        if now - self._passed_at < WARN_EVERY:
-            return False
-        self._passed_at = now
-        record.msg = f"{record.msg} (tracing: export failures are logged once a minute)"
-        record.exc_info = record.exc_text = None
-        return True
-
-
-def _quieten_export_failures() -> None:
-    export_filter = ExportFailures()
-    for name in (
-        "opentelemetry.sdk._shared_internal",
-        "opentelemetry.sdk.trace.export",
-        "opentelemetry.exporter.otlp.proto.http.trace_exporter",
-        "opentelemetry.exporter.otlp.proto.http",
-    ):
-        logging.getLogger(name).addFilter(export_filter)
