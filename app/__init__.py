@@ -100,7 +100,9 @@ def create_app(
     if settings.trusted_proxies:
         # outside the tracing: a caller it does not trust cannot continue a trace
         app.asgi_app = TrustedProxies(  # type: ignore[method-assign]
-            app.asgi_app, settings.trusted_proxies, drop_trace_context=traced is not None
+            app.asgi_app,
+            settings.trusted_proxies,
+            trace_headers=traced.trace_headers if traced is not None else frozenset(),
         )
     if settings.cors_origins:
         app = cors(

@@ -66,6 +66,11 @@ class Tracing:
         self._inject = propagate.inject
         self._client = trace.SpanKind.CLIENT
         self._error = trace.StatusCode.ERROR
+        # the headers the configured propagators read (OTEL_PROPAGATORS; by default
+        # traceparent, tracestate and baggage), lower case as ASGI gives them
+        self.trace_headers = frozenset(
+            name.lower().encode("latin-1") for name in propagate.get_global_textmap().fields
+        )
 
     def name_server_span(self, method: str, route: str) -> None:
         """Name the request's span by its route template, as metrics label it."""
@@ -243,11 +248,7 @@ class ServerSpans:
         self._in_context = trace.set_span_in_context
         self._server = trace.SpanKind.SERVER
         self._error = trace.StatusCode.ERROR
-        # the headers the configured propagators read (OTEL_PROPAGATORS; by default
-        # traceparent, tracestate and baggage)
-        self._carried = frozenset(
-            name.encode("latin-1") for name in propagate.get_global_textmap().fields
-        )
+        self._carried = tracing.trace_headers
         self._untraced = frozenset(UNTRACED_PATHS.split(","))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

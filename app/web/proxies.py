@@ -21,18 +21,20 @@ from hypercorn.typing import ASGIFramework, ASGIReceiveCallable, ASGISendCallabl
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-# W3C trace context (and baggage): what a caller sends to continue its own trace here.
-TRACE_CONTEXT_HEADERS = frozenset({b"traceparent", b"tracestate", b"baggage"})
-
 
 class TrustedProxies:
     def __init__(
-        self, app: ASGIFramework, trusted: Iterable[Network], *, drop_trace_context: bool = False
+        self,
+        app: ASGIFramework,
+        trusted: Iterable[Network],
+        *,
+        trace_headers: frozenset[bytes] = frozenset(),
     ) -> None:
         self.app = app
         self.trusted = tuple(trusted)
-        # tracing on: `traceparent` and its kin continue a trace only from a trusted peer
-        self.drop_trace_context = drop_trace_context
+        # tracing on: the headers that continue a caller's trace (`traceparent` and its
+        # kin, lower case), heeded only from a trusted peer
+        self.trace_headers = trace_headers
 
     async def __call__(
         self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
@@ -40,8 +42,8 @@ class TrustedProxies:
         client = scope.get("client") if scope["type"] in ("http", "websocket") else None
         if client is not None and self._trusts(client[0]):
             scope = self._as_forwarded(scope, client)
-        elif self.drop_trace_context and scope["type"] in ("http", "websocket"):
-            scope = without_trace_context(scope)
+        elif self.trace_headers and scope["type"] in ("http", "websocket"):
+            scope = without_headers(scope, self.trace_headers)
         await self.app(scope, receive, send)
 
     def _trusts(self, address: str) -> bool:
@@ -94,11 +96,7 @@ def _parse_forwarded(value: str) -> tuple[list[str], list[str]]:
     return addresses, protos
 
 
-def without_trace_context(scope: Any) -> Any:
-    """`scope` without the headers that would continue a caller's trace."""
-    headers = [
-        (name, value)
-        for name, value in scope["headers"]
-        if name.lower() not in TRACE_CONTEXT_HEADERS
-    ]
+def without_headers(scope: Any, names: frozenset[bytes]) -> Any:
+    """`scope` without the headers of these (lower-case) names."""
+    headers = [(name, value) for name, value in scope["headers"] if name.lower() not in names]
     return {**scope, "headers": headers}
