@@ -40,6 +40,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from app.telemetry.logs import OnceAMinute
 from app.telemetry.metrics import UPSTREAM_CACHE_STORE_ERRORS
 
 # What a stored entry costs beyond its packed headers and body: the dictionaries' slots,
@@ -57,7 +58,6 @@ REDIS_TIMEOUT = 0.1
 # After a failure the store is skipped at once for this long, then tried again: a dead or
 # frozen store costs one short deadline, not one per upstream call.
 STORE_SKIPPED_FOR = 5.0
-WARN_EVERY = 60.0  # seconds between two warnings that the Redis store fails
 
 
 def open_storage(
@@ -185,28 +185,19 @@ def guarded_connection(breaker: StoreBreaker) -> type[Connection]:
     return GuardedConnection
 
 
-class StoreFailures(logging.Filter):
+class StoreFailures(OnceAMinute):
     """hishel logs every failed Redis operation with its traceback: two lines per upstream
     call while Redis is down. Each is counted; one a minute goes through, as a warning."""
 
     def __init__(self) -> None:
-        super().__init__()
-        self._passed_at = -WARN_EVERY
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < logging.ERROR:
-            return True
-        UPSTREAM_CACHE_STORE_ERRORS.inc()
-        now = time.monotonic()
-        if now - self._passed_at < WARN_EVERY:
-            return False
-        self._passed_at = now
-        record.levelno, record.levelname = logging.WARNING, "WARNING"
-        record.msg = (
-            f"{record.msg}; the upstream cache's store is not answering (logged once a minute)"
+        super().__init__(
+            logging.ERROR,
+            "; the upstream cache's store is not answering (logged once a minute)",
+            as_level=logging.WARNING,
         )
-        record.exc_info = record.exc_text = None
-        return True
+
+    def seen(self, record: logging.LogRecord) -> None:
+        UPSTREAM_CACHE_STORE_ERRORS.inc()
 
 
 # A stored entry: its cache key, its request and response without the body (packed), and

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import sys
+import time
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
@@ -19,6 +20,37 @@ request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 
 # Attributes every LogRecord has; anything else on a record came from `extra=`.
 _STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+
+
+class OnceAMinute(logging.Filter):
+    """For a library that logs each failure of a run of them (with its traceback): records
+    at `level` or above are each `seen` (a subclass counts them), and one a minute goes
+    through, without its traceback, `note` appended and, with `as_level`, at that level.
+    Records below `level` pass untouched."""
+
+    EVERY = 60.0  # seconds
+
+    def __init__(self, level: int, note: str, *, as_level: int | None = None) -> None:
+        super().__init__()
+        self.level, self.note, self.as_level = level, note, as_level
+        self._passed_at = -self.EVERY
+
+    def seen(self, record: logging.LogRecord) -> None:
+        """Each record at `level` or above, passed through or not."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < self.level:
+            return True
+        self.seen(record)
+        now = time.monotonic()
+        if now - self._passed_at < self.EVERY:
+            return False
+        self._passed_at = now
+        if self.as_level is not None:
+            record.levelno, record.levelname = self.as_level, logging.getLevelName(self.as_level)
+        record.msg = f"{record.msg}{self.note}"
+        record.exc_info = record.exc_text = None
+        return True
 
 
 class JsonLineFormatter(logging.Formatter):

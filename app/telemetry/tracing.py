@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
 ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
 SERVICE_NAME = "quart-async-demo"
-UNTRACED_PATHS = "/readyz,/metrics"
+UNTRACED_PATHS = frozenset({"/readyz", "/metrics"})
 EXPORT_ON_STOP = 3.0  # seconds a stopping process waits for its last spans to leave
 
 
@@ -249,10 +249,9 @@ class ServerSpans:
         self._server = trace.SpanKind.SERVER
         self._error = trace.StatusCode.ERROR
         self._carried = tracing.trace_headers
-        self._untraced = frozenset(UNTRACED_PATHS.split(","))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self._untraced:
+        if scope["type"] != "http" or scope["path"] in UNTRACED_PATHS:
             await self.app(scope, receive, send)
             return
         carrier = {

@@ -19,16 +19,15 @@ away under load, lines by the thousand. One warning a minute goes through.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Sequence
 
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
+from app.telemetry.logs import OnceAMinute
 from app.telemetry.metrics import TRACING_SPANS_DROPPED
 
-WARN_EVERY = 60.0  # seconds between two warnings that spans cannot be exported
 SDK_LOGGERS = (
     "opentelemetry.sdk._shared_internal",  # the batch processor's "Queue full"
     "opentelemetry.sdk.trace.export",
@@ -63,25 +62,15 @@ class CountingExporter(SpanExporter):
         return self.otlp.force_flush(timeout_millis)
 
 
-class ExportFailures(logging.Filter):
+class ExportFailures(OnceAMinute):
     """Counts the spans the batch queue drops; lets one warning a minute through."""
 
     def __init__(self) -> None:
-        super().__init__()
-        self._passed_at = -WARN_EVERY
+        super().__init__(logging.WARNING, " (tracing: export failures are logged once a minute)")
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < logging.WARNING:
-            return True
+    def seen(self, record: logging.LogRecord) -> None:
         if "Queue full" in str(record.msg):
             TRACING_SPANS_DROPPED.labels("queue_full").inc()
-        now = time.monotonic()
-        if now - self._passed_at < WARN_EVERY:
-            return False
-        self._passed_at = now
-        record.msg = f"{record.msg} (tracing: export failures are logged once a minute)"
-        record.exc_info = record.exc_text = None
-        return True
 
 
 def quieten_export_failures() -> None:
