@@ -128,18 +128,19 @@ def main() -> None:
             os.environ["BENCH_OTLP_ENDPOINT"] = endpoint
         for app in apps:
             server = start_server(app, database, upstream, workdir, slow, prefix, 600)
+            received = settled_spans() if app in TRACING else 0
             try:
                 for job in JOBS:
                     if app not in job.paths or job.name == "fan-out x10 @64":
                         continue  # the same route as at 8; how many at once barely counts
                     name = job.name.rsplit(" @", 1)[0]
                     n = args.requests // 5 if "fan-out" in name else args.requests
-                    received = settled_spans() if app in TRACING else 0
                     per_request = count(server, job.paths[app], n, workdir)
                     counts.setdefault(name, {})[app] = per_request
                     if app in TRACING:
-                        sent = settled_spans() - received
-                        spans.setdefault(app, {})[name] = sent / (WARM_UP + n)
+                        now = settled_spans()
+                        spans.setdefault(app, {})[name] = (now - received) / (WARM_UP + n)
+                        received = now
                     print(json.dumps({"app": app, "job": name, "instructions": per_request}))
             finally:
                 server.stop()
