@@ -241,11 +241,12 @@ async def test_answers_written_after_sigterm_say_connection_close(
 
 
 async def connection_attempt(port: int) -> str:
-    """A new connection's fate: `refused`, `answered`, or `unanswered` (accepted, then
-    closed or reset without a byte)."""
+    """A new connection's fate: `refused` (never established: refused, or reset during
+    the handshake, so the client knows it sent nothing), `answered`, or `unanswered`
+    (accepted, then closed or reset without a byte)."""
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    except ConnectionRefusedError:
+    except (ConnectionRefusedError, ConnectionResetError):
         return "refused"
     try:
         writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
